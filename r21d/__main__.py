@@ -1,0 +1,5 @@
+import sys
+
+from r21d.cli import main
+
+sys.exit(main())

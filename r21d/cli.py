@@ -1,0 +1,126 @@
+"""The ``r21d`` command: one entry point, one subcommand per job.
+
+Core subcommands (convert, info) live here; each job package registers its own through a
+``register(subparsers)`` function in its ``cli`` module, listed in :data:`COMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from r21d.checkpoint import save_checkpoint
+    from r21d.importers import convert
+
+    model, spec = convert(args.src, args.source_format, args.arch, args.clip_len, args.labels)
+    out = save_checkpoint(model, spec, args.output)
+    print(f"imported {args.src} ({args.source_format}) as {spec.name}, {spec.num_classes} classes, "
+          f"clip {spec.clip_len} -> {out}")
+    return 0
+
+
+def describe_checkpoint(path: Path) -> dict:
+    """Spec, parameter count and GFLOP per clip of a checkpoint (what ``r21d info`` prints)."""
+    from r21d.checkpoint import load_checkpoint
+    from r21d.flops import count_flops, count_parameters
+
+    model, spec = load_checkpoint(path)
+    shape = (1, 3, spec.clip_len, spec.crop_size, spec.crop_size)
+    return {
+        "file": str(path),
+        "kind": "checkpoint",
+        "spec": json.loads(spec.to_json()),
+        "parameters": count_parameters(model),
+        "gflop_per_clip": round(count_flops(model, shape) / 1e9, 3),
+        "flop_input": list(shape),
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".onnx":
+        from r21d.export.inspect import describe_onnx
+
+        info = describe_onnx(path)
+    elif path.suffix in (".engine", ".plan"):
+        from r21d.export.tensorrt import describe_engine
+
+        info = describe_engine(path)
+    else:
+        info = describe_checkpoint(path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(_format_info(info))
+    return 0
+
+
+def _format_info(info: dict) -> str:
+    spec = info.pop("spec")
+    labels = spec.pop("labels")
+    lines = [f"{k:>16}: {v}" for k, v in info.items() if not isinstance(v, (dict, list))]
+    lines += [f"{k:>16}: {v}" for k, v in info.items() if isinstance(v, (dict, list))]
+    lines.append("            spec:")
+    lines += [f"{k:>16}  {v}" for k, v in spec.items()]
+    shown = "numeric (no class names)" if not labels else (
+        f"{len(labels)}: {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}"
+    )
+    lines.append(f"{'labels':>16}  {shown}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``r21d`` argument parser."""
+    from r21d.importers import FORMATS
+    from r21d.models import model_names
+
+    parser = argparse.ArgumentParser(
+        prog="r21d",
+        description="R(2+1)D action recognition faithful to the Caffe2 originals.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="import foreign weights into an r21d checkpoint")
+    p.add_argument("src", help="weight file (.pkl Caffe2 blobs, .pth state dict, .ckpt I3D)")
+    p.add_argument("--from", dest="source_format", required=True, choices=FORMATS)
+    p.add_argument("--arch", choices=model_names(), help="default: the format's usual model")
+    p.add_argument("--clip-len", type=int, help="clip length the weights were trained for")
+    p.add_argument("--labels", help="'kinetics400' or a text file with one class name per line")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("info", help="spec, size and cost of a checkpoint, ONNX model or engine")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_info)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: errors a user can fix print one line and exit 2, not a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"r21d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

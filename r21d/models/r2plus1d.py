@@ -1,0 +1,187 @@
+"""R(2+1)D as Caffe2 built it (VMZ ``r3d_model.py``), with torchvision's module names.
+
+Module names follow torchvision's ``VideoResNet`` (``stem.0``, ``layer2.0.conv2.0.0`` ...), so
+ig65m-pytorch and torchvision state dicts map key for key. The widths follow Caffe2: the middle
+width of every (2+1)D conv is computed from that conv's own (in, out) channels, BN epsilon is
+1e-3, and PyTorch momentum is 0.1 (Caffe2's 0.9 in PyTorch's inverted convention). The
+``torchvision`` middle-width rule (one width per block) exists only so torchvision's
+``r2plus1d_18`` weights load. See DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+BN_MOMENTUM = 0.1  # Caffe2's momentum 0.9 in PyTorch's convention
+
+
+def middle_width(in_ch: int, out_ch: int, k: int = 3) -> int:
+    """Middle channels of a (2+1)D conv with the parameter count of a full k x k x 3 conv."""
+    return (3 * in_ch * out_ch * k * k) // (in_ch * k * k + 3 * out_ch)
+
+
+class Conv2Plus1D(nn.Sequential):
+    """1xkxk spatial conv -> BN -> ReLU -> 3x1x1 temporal conv (no biases)."""
+
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: int, stride: tuple[int, int], eps: float):
+        t_stride, s_stride = stride
+        super().__init__(
+            nn.Conv3d(in_ch, mid_ch, (1, 3, 3), (1, s_stride, s_stride), (0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid_ch, eps=eps, momentum=BN_MOMENTUM),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid_ch, out_ch, (3, 1, 1), (t_stride, 1, 1), (1, 0, 0), bias=False),
+        )
+
+
+def _bn(ch: int, eps: float) -> nn.BatchNorm3d:
+    return nn.BatchNorm3d(ch, eps=eps, momentum=BN_MOMENTUM)
+
+
+def _conv_bn(
+    conv: nn.Module, out_ch: int, eps: float, relu: bool
+) -> nn.Sequential:
+    layers = [conv, _bn(out_ch, eps)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: tuple[int, int], eps: float) -> nn.Sequential:
+    t, s = stride
+    return nn.Sequential(
+        nn.Conv3d(in_ch, out_ch, 1, (t, s, s), bias=False), _bn(out_ch, eps)
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two (2+1)D convs and a residual; ReLU after the sum."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: tuple[int, int],
+        eps: float,
+        per_block_middle: bool,
+    ):
+        super().__init__()
+        mid1 = middle_width(in_ch, width)
+        mid2 = mid1 if per_block_middle else middle_width(width, width)
+        self.conv1 = _conv_bn(Conv2Plus1D(in_ch, width, mid1, stride, eps), width, eps, True)
+        self.conv2 = _conv_bn(Conv2Plus1D(width, width, mid2, (1, 1), eps), width, eps, False)
+        needs_projection = in_ch != width or stride != (1, 1)
+        self.downsample = _shortcut(in_ch, width, stride, eps) if needs_projection else None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1x1 reduce -> (2+1)D conv (carries the stride) -> 1x1x1 expand, residual, ReLU."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: tuple[int, int],
+        eps: float,
+        per_block_middle: bool,
+    ):
+        super().__init__()
+        out_ch = width * self.expansion
+        mid = middle_width(width, width)
+        self.conv1 = _conv_bn(nn.Conv3d(in_ch, width, 1, bias=False), width, eps, True)
+        self.conv2 = _conv_bn(Conv2Plus1D(width, width, mid, stride, eps), width, eps, True)
+        self.conv3 = _conv_bn(nn.Conv3d(width, out_ch, 1, bias=False), out_ch, eps, False)
+        needs_projection = in_ch != out_ch or stride != (1, 1)
+        self.downsample = _shortcut(in_ch, out_ch, stride, eps) if needs_projection else None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+
+
+def stage_strides(clip_len: int) -> list[tuple[int, int]]:
+    """(temporal, spatial) stride of the first block of each stage.
+
+    Stages 2-4 halve time and space; Caffe2 skips the temporal halving in stage 3 when the
+    clip is shorter than 4 frames and in stage 4 when it is shorter than 8.
+    """
+    return [(1, 1), (2, 2), (2 if clip_len >= 4 else 1, 2), (2 if clip_len >= 8 else 1, 2)]
+
+
+class R2Plus1D(nn.Module):
+    """R(2+1)D video ResNet.
+
+    ``forward`` takes a normalised float clip ``(N, 3, T, H, W)`` at the training size
+    (T = clip_len, 112 x 112) and returns logits ``(N, num_classes)``. ``features`` returns the
+    map after stage 4; fully-convolutional evaluation on larger inputs lives in
+    :mod:`r21d.export` (the head here refuses inputs that would pool to more than one position
+    rather than silently averaging features, which Caffe2 never did).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        clip_len: int,
+        width: float = 1.0,
+        bn_eps: float = 1e-3,
+        per_block_middle: bool = False,
+    ):
+        super().__init__()
+        block: Callable[..., nn.Module] = BasicBlock if depth in (18, 34) else Bottleneck
+        widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
+        stem_mid = max(1, round(45 * width))  # Caffe2 fixes 45 rather than using the formula
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, stem_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
+            _bn(stem_mid, bn_eps),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(stem_mid, widths[0], (3, 1, 1), 1, (1, 0, 0), bias=False),
+            _bn(widths[0], bn_eps),
+            nn.ReLU(inplace=True),
+        )
+        in_ch = widths[0]
+        for index, (n_blocks, w, stride) in enumerate(
+            zip(BLOCKS_PER_STAGE[depth], widths, stage_strides(clip_len)), start=1
+        ):
+            blocks = []
+            for b in range(n_blocks):
+                blocks.append(block(in_ch, w, stride if b == 0 else (1, 1), bn_eps, per_block_middle))
+                in_ch = w * block.expansion
+            setattr(self, f"layer{index}", nn.Sequential(*blocks))
+        self.feature_dim = in_ch
+        self.pool = nn.AvgPool3d((max(1, clip_len // 8), 7, 7), stride=1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map after stage 4, ``(N, C, T/8, H/16, W/16)``."""
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(self.features(x))
+        if pooled.shape[2:] != (1, 1, 1):
+            raise ValueError(
+                f"input {tuple(x.shape[2:])} pools to {tuple(pooled.shape[2:])} positions; the fc "
+                "head takes clip_len x 112 x 112 (use r21d.export.FullyConvolutional for larger)"
+            )
+        return self.fc(pooled.flatten(1))
