@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -132,11 +133,18 @@ class R2Plus1D(nn.Module):
     """R(2+1)D video ResNet.
 
     ``forward`` takes a normalised float clip ``(N, 3, T, H, W)`` at the training size
-    (T = clip_len, 112 x 112) and returns logits ``(N, num_classes)``. ``features`` returns the
-    map after stage 4; fully-convolutional evaluation on larger inputs lives in
-    :mod:`r21d.export` (the head here refuses inputs that would pool to more than one position
-    rather than silently averaging features, which Caffe2 never did).
+    (T = clip_len, 112 x 112) and returns logits ``(N, num_classes)``; it refuses inputs that
+    would pool to more than one position rather than silently averaging features, which
+    Caffe2 never did.
+
+    Head protocol shared by every architecture in the zoo (used by fully-convolutional
+    evaluation in :mod:`r21d.export`): ``features(x)`` -> map, ``pool`` -> pooled map,
+    ``classifier_map(pooled)`` -> per-position logits ``(N, classes, t, h, w)``, and
+    ``position_average``: ``"probs"`` (softmax per position, then the mean, as Caffe2) or
+    ``"logits"`` (mean of logits, then softmax).
     """
+
+    position_average = "probs"
 
     def __init__(
         self,
@@ -176,6 +184,10 @@ class R2Plus1D(nn.Module):
         """Feature map after stage 4, ``(N, C, T/8, H/16, W/16)``."""
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def classifier_map(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The fc layer applied at every pooled position as a 1x1x1 conv with its weights."""
+        return F.conv3d(pooled, self.fc.weight[:, :, None, None, None], self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(self.features(x))
