@@ -12,8 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-COMMAND_MODULES: tuple[str, ...] = (
-)
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -22,8 +21,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     model, spec = convert(args.src, args.source_format, args.arch, args.clip_len, args.labels)
     out = save_checkpoint(model, spec, args.output)
-    print(f"imported {args.src} ({args.source_format}) as {spec.name}, {spec.num_classes} classes, "
-          f"clip {spec.clip_len} -> {out}")
+    print(
+        f"imported {args.src} ({args.source_format}) as {spec.name}, {spec.num_classes} classes, "
+        f"clip {spec.clip_len} -> {out}"
+    )
     return 0
 
 
@@ -72,8 +73,10 @@ def _format_info(info: dict) -> str:
     lines += [f"{k:>16}: {v}" for k, v in info.items() if isinstance(v, (dict, list))]
     lines.append("            spec:")
     lines += [f"{k:>16}  {v}" for k, v in spec.items()]
-    shown = "numeric (no class names)" if not labels else (
-        f"{len(labels)}: {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}"
+    shown = (
+        "numeric (no class names)"
+        if not labels
+        else (f"{len(labels)}: {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}")
     )
     lines.append(f"{'labels':>16}  {shown}")
     return "\n".join(lines)

@@ -38,5 +38,7 @@ def resolve_labels(source: str | Path | None, num_classes: int) -> tuple[str, ..
         return None
     names = load_labels(source)
     if len(names) != num_classes:
-        raise ValueError(f"{source}: {len(names)} class names for a model with {num_classes} classes")
+        raise ValueError(
+            f"{source}: {len(names)} class names for a model with {num_classes} classes"
+        )
     return names

@@ -52,4 +52,6 @@ def safe_load_pickle(path: str | Path) -> Any:
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated or not a pickle at all
-        raise ValueError(f"{path}: not a readable weight pickle ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path}: not a readable weight pickle ({type(e).__name__}: {e})"
+        ) from None

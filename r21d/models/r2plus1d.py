@@ -49,9 +49,7 @@ def _bn(ch: int, eps: float) -> nn.BatchNorm3d:
     return nn.BatchNorm3d(ch, eps=eps, momentum=BN_MOMENTUM)
 
 
-def _conv_bn(
-    conv: nn.Module, out_ch: int, eps: float, relu: bool
-) -> nn.Sequential:
+def _conv_bn(conv: nn.Module, out_ch: int, eps: float, relu: bool) -> nn.Sequential:
     layers = [conv, _bn(out_ch, eps)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -60,9 +58,7 @@ def _conv_bn(
 
 def _shortcut(in_ch: int, out_ch: int, stride: tuple[int, int], eps: float) -> nn.Sequential:
     t, s = stride
-    return nn.Sequential(
-        nn.Conv3d(in_ch, out_ch, 1, (t, s, s), bias=False), _bn(out_ch, eps)
-    )
+    return nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, (t, s, s), bias=False), _bn(out_ch, eps))
 
 
 class BasicBlock(nn.Module):
@@ -169,11 +165,13 @@ class R2Plus1D(nn.Module):
         )
         in_ch = widths[0]
         for index, (n_blocks, w, stride) in enumerate(
-            zip(BLOCKS_PER_STAGE[depth], widths, stage_strides(clip_len)), start=1
+            zip(BLOCKS_PER_STAGE[depth], widths, stage_strides(clip_len), strict=True), start=1
         ):
             blocks = []
             for b in range(n_blocks):
-                blocks.append(block(in_ch, w, stride if b == 0 else (1, 1), bn_eps, per_block_middle))
+                blocks.append(
+                    block(in_ch, w, stride if b == 0 else (1, 1), bn_eps, per_block_middle)
+                )
                 in_ch = w * block.expansion
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
         self.feature_dim = in_ch
