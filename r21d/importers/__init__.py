@@ -60,14 +60,22 @@ def convert(
     if source_format == "caffe2":
         tensors = caffe2.read_blobs(src)
         num_classes = caffe2.num_classes_of(tensors)
+        stem_key = "conv1_w"
     else:
         tensors = state_dict.read_state_dict(src)
         num_classes = state_dict.num_classes_of(tensors)
+        stem_key = "stem.3.weight"
+    if stem_key not in tensors:
+        raise ImportMismatchError(
+            f"{src}: no {stem_key}: not R(2+1)D weights in {source_format} layout"
+        )
     spec = create_spec(
         name,
         num_classes,
         clip_len,
         labels=resolve_labels(labels, num_classes),
+        # Stage-1 width is 64 x the multiplier: 1.0 for every released model.
+        width=tensors[stem_key].shape[0] / 64,
         provenance=provenance,
     )
     model = build_model(spec)
