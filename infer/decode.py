@@ -1,0 +1,224 @@
+"""Video file -> uint8 RGB clips, decoding only the frames the clips need (DESIGN.md s.6, s.8).
+
+``decode_clips`` places ``num_clips`` windows uniformly over the video (:mod:`.clips`), reads
+each window with a :class:`~.frame_reader.FrameReader` (seek to the key frame before it, decode
+forward, or keep decoding when the next window is close), scales every used frame inside
+libswscale (``frame.to_ndarray(format="rgb24", width=..., height=...)``, bilinear), turns it
+upright if the file carries a display rotation, and cuts the crops.
+
+Frame counts: the count in the header (or duration x rate) decides where windows go. When the
+stream ends earlier than that, the true count is known and the windows are placed again from it
+(once), so a file whose header claims too many frames still gets ``num_clips`` evenly spread
+clips. A video shorter than one clip repeats its last frame and is flagged ``short``. A decoding
+error in the frames a clip needs (for example ``InvalidDataError`` mid-stream) is a
+:class:`VideoError`: clips made of damaged frames are not scored silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from av.video.frame import VideoFrame
+
+from r21d.spec import ModelSpec
+
+from .clips import clip_span, clip_starts, crop_boxes, is_short, resized_shape
+from .frame_reader import FrameReader
+from .video_info import VideoError, VideoInfo, frame_rate, header_frame_count, open_video
+
+__all__ = [
+    "DecodedClips",
+    "VideoError",
+    "VideoInfo",
+    "decode_clips",
+    "decode_for_spec",
+    "decode_window",
+    "probe",
+]
+
+
+@dataclass
+class DecodedClips:
+    """Clips of one video, ready for normalisation.
+
+    ``clips`` is uint8 RGB of shape (num_clips * crops, clip_len, H, W, 3), C-contiguous,
+    ordered clip-major then crop. ``starts`` are the first frame of each clip; ``short`` is True
+    when the video was shorter than one clip and frames were repeated; ``frames_decoded``
+    counts every frame the decoder produced for this result.
+    """
+
+    clips: np.ndarray
+    starts: list[int]
+    frames_decoded: int
+    info: VideoInfo
+    short: bool
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count, rate, duration, upright size, rotation and start time of a video."""
+    with open_video(path) as (container, stream):
+        return _open_reader(path, container, stream, keep=1)[1]
+
+
+def decode_clips(
+    path: str | Path,
+    *,
+    clip_len: int,
+    frame_step: int = 1,
+    num_clips: int = 10,
+    resize_mode: str = "fixed",
+    resize_size: tuple[int, ...] | int = (128, 171),
+    crop_size: int | None = 112,
+    crops: int = 1,
+) -> DecodedClips:
+    """``num_clips`` uniformly spaced clips of ``clip_len`` frames, resized and cropped.
+
+    ``resize_mode`` is ``"fixed"`` (``resize_size=(h, w)``) or ``"short_edge"``
+    (``resize_size=(short_side,)``). ``crop_size=None`` keeps the whole resized frame; ``crops=3``
+    takes three crops along the long side (start, centre, end).
+    """
+    span = clip_span(clip_len, frame_step)
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    resized_shape(1, 1, resize_mode, resize_size)  # reject a bad mode or size before decoding
+    with open_video(path) as (container, stream):
+        reader, info = _open_reader(path, container, stream, keep=span)
+        height, width = resized_shape(info.height, info.width, resize_mode, resize_size)
+        boxes = crop_boxes(height, width, crop_size, crops)
+        scaler = _Scaler(reader.rotation, height, width)
+        box_h, box_w = boxes[0][2], boxes[0][3]
+        clips = np.empty((num_clips * len(boxes), clip_len, box_h, box_w, 3), dtype=np.uint8)
+
+        num_frames = info.num_frames
+        for attempt in range(2):
+            starts = clip_starts(num_frames, clip_len, frame_step, num_clips)
+            short = is_short(num_frames, clip_len, frame_step)
+            replace_windows = False
+            for j, start in enumerate(starts):
+                frames = reader.read(start, span)
+                if len(frames) < span and reader.end is not None and reader.end < start + span:
+                    if attempt == 0 and j < num_clips - 1 and reader.end >= span:
+                        num_frames, replace_windows = reader.end, True
+                        break  # the header over-counted: place the windows again
+                    frames = reader.read(max(0, reader.end - span), span)  # last full window
+                    starts[j] = frames[0][0] if frames else 0
+                if not frames:
+                    raise VideoError(f"{path}: no frame could be decoded at frame {start}")
+                short = short or len(frames) < span
+                for k in range(clip_len):
+                    image = scaler(frames[min(k * frame_step, len(frames) - 1)])
+                    for c, (top, left, h, w) in enumerate(boxes):
+                        clips[j * len(boxes) + c, k] = image[top : top + h, left : left + w]
+                scaler.forget_before(frames[0][0])
+            if not replace_windows:
+                break
+            scaler.forget_before(None)
+
+        if reader.end is not None and reader.end != info.num_frames:
+            info = replace(info, num_frames=reader.end, frame_count_source="decoded")
+        return DecodedClips(clips, starts, reader.frames_decoded, info, short)
+
+
+def decode_for_spec(
+    path: str | Path,
+    spec: ModelSpec,
+    *,
+    num_clips: int = 10,
+    crops: int = 1,
+    full_frame: bool = False,
+) -> DecodedClips:
+    """:func:`decode_clips` with clip length, sampling, resizing and crop taken from ``spec``.
+
+    ``full_frame=True`` keeps the whole resized frame (fully-convolutional scoring).
+    """
+    return decode_clips(
+        path,
+        clip_len=spec.clip_len,
+        frame_step=spec.frame_step,
+        num_clips=num_clips,
+        resize_mode=spec.resize_mode,
+        resize_size=spec.resize_size,
+        crop_size=None if full_frame else spec.crop_size,
+        crops=crops,
+    )
+
+
+def decode_window(
+    path: str | Path,
+    start: int,
+    *,
+    clip_len: int,
+    frame_step: int = 1,
+    resize_mode: str,
+    resize_size: tuple[int, ...] | int,
+) -> np.ndarray:
+    """One clip starting at frame ``start``, resized but not cropped: (clip_len, H, W, 3) uint8.
+
+    A window running past the end of the video is moved back to end at the last frame; a video
+    shorter than the window repeats its last frame.
+    """
+    span = clip_span(clip_len, frame_step)
+    resized_shape(1, 1, resize_mode, resize_size)
+    with open_video(path) as (container, stream):
+        reader, info = _open_reader(path, container, stream, keep=span)
+        height, width = resized_shape(info.height, info.width, resize_mode, resize_size)
+        scaler = _Scaler(reader.rotation, height, width)
+        frames = reader.read(start, span)
+        if len(frames) < span and reader.end is not None:
+            frames = reader.read(max(0, reader.end - span), span)
+        if not frames:
+            raise VideoError(f"{path}: no frame could be decoded at frame {start}")
+        out = np.empty((clip_len, height, width, 3), dtype=np.uint8)
+        for k in range(clip_len):
+            out[k] = scaler(frames[min(k * frame_step, len(frames) - 1)])
+        return out
+
+
+def _open_reader(path, container, stream, keep: int) -> tuple[FrameReader, VideoInfo]:
+    """A reader at the start of ``stream`` and the stream's :class:`VideoInfo`."""
+    fps = frame_rate(path, stream)
+    reader = FrameReader(path, container, stream, fps, keep=keep)
+    num_frames, source = header_frame_count(path, container, stream, fps)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if reader.rotation % 180:
+        width, height = height, width
+    duration = stream.duration * stream.time_base if stream.duration else None
+    if duration is None and container.duration:
+        duration = Fraction(container.duration, 1_000_000)
+    info = VideoInfo(
+        num_frames=num_frames,
+        fps=float(fps),
+        duration=float(duration if duration else num_frames / fps),
+        width=width,
+        height=height,
+        rotation=reader.rotation,
+        start_time=float(reader.origin * reader.time_base),
+        frame_count_source=source,
+        codec=stream.codec_context.name,
+    )
+    return reader, info
+
+
+class _Scaler:
+    """Decoded frame -> upright uint8 RGB array of the resized size, memoised by frame index."""
+
+    def __init__(self, rotation: int, height: int, width: int) -> None:
+        self._turns = round(rotation / 90) % 4  # np.rot90 turns counter-clockwise, like rotation
+        # the stored frame is scaled before it is turned, so a quarter turn swaps its size
+        self._size = (height, width) if self._turns % 2 == 0 else (width, height)
+        self._done: dict[int, np.ndarray] = {}
+
+    def __call__(self, item: tuple[int, VideoFrame]) -> np.ndarray:
+        index, frame = item
+        if index not in self._done:
+            h, w = self._size
+            image = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+            self._done[index] = np.rot90(image, self._turns) if self._turns else image
+        return self._done[index]
+
+    def forget_before(self, index: int | None) -> None:
+        """Drop memoised frames before ``index`` (all of them for None)."""
+        self._done = {} if index is None else {i: a for i, a in self._done.items() if i >= index}
