@@ -12,7 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "r21d.hub",  # r21d download
+    "r21d.train.cli",  # r21d train, r21d data
+    "r21d.infer.cli",  # r21d score, r21d extract
+)
 
 
 def _convert(args: argparse.Namespace) -> int:
