@@ -1,0 +1,505 @@
+"""Inference backends: torch, onnxruntime and TensorRT behind one small interface.
+
+Every backend takes raw RGB frames ``(N, T, H, W, 3)`` uint8 and returns
+``(probs (N, classes) float32, features (N, feature_dim) float32)``: the Caffe2
+fully-convolutional head (softmax per position, averaged; DESIGN.md s.4), normalised from the
+model's own spec, so the caller never handles mean, std or channel order.
+
+:func:`open_backend` picks the backend from the model file (``.safetensors`` -> torch,
+``.onnx`` -> onnxruntime, ``.engine``/``.plan`` -> TensorRT) and the device and precision
+asked for. A GPU that was asked for and is not used is an error, never a silent CPU run:
+``onnxruntime-gpu`` without a working CUDA falls back to its CPU provider with only a log line,
+so the session's active providers are checked after it is created.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from r21d.spec import SPEC_KEY, ModelSpec
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+SUFFIX_BACKEND = {
+    ".safetensors": "torch",
+    ".onnx": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run as asked (missing runtime, wrong device, unsupported mode)."""
+
+
+class Backend(ABC):
+    """Runs a model on batches of raw frames.
+
+    Attributes: ``spec`` (the model's :class:`~r21d.spec.ModelSpec`), ``name`` (``torch``,
+    ``onnxruntime``, ``tensorrt``), ``device`` (``cpu``, ``cuda:0``), ``precision``
+    (``fp32``, ``bf16``, ``fp16``), ``fixed_batch`` (the only batch size the model accepts, or
+    ``None``), ``max_batch`` (largest batch it accepts, or ``None``) and ``default_batch`` (a
+    sensible batch size for this device).
+    """
+
+    name: str
+    spec: ModelSpec
+    device: str
+    precision: str
+    fixed_batch: int | None = None
+    max_batch: int | None = None
+
+    @property
+    def default_batch(self) -> int:
+        """Batch size used when the caller gives none."""
+        if self.fixed_batch:
+            return self.fixed_batch
+        return 8 if self.device == "cpu" else 32
+
+    def run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and pooled features for a batch of clips.
+
+        ``frames`` is ``(N, T, H, W, 3)`` uint8 RGB; a shape the model cannot take is a
+        :class:`ValueError` raised before any graph runs.
+        """
+        from r21d.export.fully_conv import check_input_shape
+
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+            kind = getattr(frames, "dtype", type(frames).__name__)
+            raise ValueError(f"frames must be a uint8 numpy array (N, T, H, W, 3), got {kind}")
+        check_input_shape(self.spec, frames.shape, "uint8")
+        n = frames.shape[0]
+        if self.fixed_batch and n != self.fixed_batch:
+            raise ValueError(
+                f"{self.name} model takes batches of exactly {self.fixed_batch} clips, got {n}"
+            )
+        if self.max_batch and n > self.max_batch:
+            raise ValueError(f"{self.name} model takes at most {self.max_batch} clips, got {n}")
+        probs, features = self._run(np.ascontiguousarray(frames))
+        return np.asarray(probs, np.float32), np.asarray(features, np.float32)
+
+    @abstractmethod
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Backend-specific forward pass on a validated batch."""
+
+    def describe(self) -> str:
+        """One line: backend, device, precision and model."""
+        batch = f", fixed batch {self.fixed_batch}" if self.fixed_batch else ""
+        return (
+            f"{self.name} on {self.device} ({self.precision}{batch}): {self.spec.name}, "
+            f"{self.spec.num_classes} classes, clip {self.spec.clip_len} frames"
+        )
+
+
+def open_backend(
+    model_path: str | Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    precision: str | None = None,
+    *,
+    channels_last: bool = False,
+    ort_provider: str | None = None,
+    allow_cpu_fallback: bool = False,
+    threads: int | None = None,
+) -> Backend:
+    """Open ``model_path`` with the backend its suffix (or ``backend``) names.
+
+    ``device`` is ``cpu``, ``cuda`` or ``cuda:N``. ``precision`` ``None`` means the model's own
+    (fp32 for checkpoints; the graph's for ONNX and TensorRT). ``channels_last`` (torch only)
+    runs convolutions in ``channels_last_3d`` memory format. ``ort_provider`` (``cpu``,
+    ``cuda``, ``tensorrt``; default from ``device``) picks the onnxruntime execution provider;
+    ``allow_cpu_fallback`` turns a GPU request that ends up on the CPU from an error into a
+    warning. ``threads`` sets the intra-op CPU threads (torch, onnxruntime).
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model {path} not found")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = _parse_device(device)
+    if backend == "auto":
+        backend = SUFFIX_BACKEND.get(path.suffix.lower())
+        if backend is None:
+            raise ValueError(
+                f"cannot tell the backend from {path.name!r}: expected "
+                f"{', '.join(SUFFIX_BACKEND)} (or pass --backend)"
+            )
+    if channels_last and backend != "torch":
+        raise ValueError("channels_last applies to the torch backend only")
+    if ort_provider is not None and backend != "onnxruntime":
+        raise ValueError(f"an onnxruntime provider was given for the {backend} backend")
+    if backend == "torch":
+        return TorchBackend(path, device, precision or "fp32", channels_last, threads)
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(
+            path, device, precision, ort_provider, allow_cpu_fallback, threads
+        )
+    return TensorRTBackend(path, device, precision)
+
+
+def _parse_device(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        return "cuda:0"
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return device
+    raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+class TorchBackend(Backend):
+    """A ``.safetensors`` checkpoint run eagerly in PyTorch (CPU or CUDA).
+
+    ``bf16`` runs under ``torch.autocast`` (CPU or CUDA); ``fp16`` under CUDA autocast only,
+    since CPU half-precision convolutions are slow or missing. The softmax head runs in fp32.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        precision: str,
+        channels_last: bool = False,
+        threads: int | None = None,
+    ):
+        import torch
+
+        from r21d.checkpoint import load_checkpoint
+        from r21d.export.fully_conv import FullyConvolutional
+
+        if device != "cpu" and not torch.cuda.is_available():
+            raise BackendError(
+                f"device {device} asked for, but this torch build ({torch.__version__}) sees no "
+                "CUDA GPU; use --device cpu or install a CUDA build of torch"
+            )
+        if precision == "fp16" and device == "cpu":
+            raise BackendError(
+                "fp16 needs a CUDA device; on the CPU use --precision bf16 (autocast) or fp32"
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        model, spec = load_checkpoint(path)
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self._torch = torch
+        wrapped = FullyConvolutional(model, spec, input_format="uint8").to(device).eval()
+        if channels_last:
+            wrapped = wrapped.to(memory_format=torch.channels_last_3d)
+        self._model = wrapped
+        self._autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            precision
+        ]
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        device_type = "cpu" if self.device == "cpu" else "cuda"
+        with torch.inference_mode():
+            x = torch.from_numpy(frames)
+            if device_type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            with torch.autocast(
+                device_type,
+                dtype=self._autocast_dtype or torch.float32,
+                enabled=self._autocast_dtype is not None,
+            ):
+                probs, features = self._model(x)
+            return probs.float().cpu().numpy(), features.float().cpu().numpy()
+
+    def describe(self) -> str:
+        layout = ", channels_last_3d" if self.channels_last else ""
+        return super().describe() + layout
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX model in onnxruntime: CPU, CUDA (IOBinding, heuristic cuDNN search) or TensorRT EP.
+
+    The graph takes ``frames`` (uint8 NTHWC, normalised in-graph) or ``clips`` (float NCTHW,
+    normalised here from the spec) and returns ``probs`` and ``features``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        precision: str | None,
+        provider: str | None = None,
+        allow_cpu_fallback: bool = False,
+        threads: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        from r21d.export.inspect import load_onnx_spec
+
+        self.spec = load_onnx_spec(path)
+        provider = provider or ("cpu" if device == "cpu" else "cuda")
+        if provider not in ORT_PROVIDERS:
+            raise ValueError(f"onnxruntime provider must be one of {tuple(ORT_PROVIDERS)}")
+        if provider != "cpu" and device == "cpu":
+            device = "cuda:0"
+        device_id = int(device.partition(":")[2] or 0)
+        providers: list = []
+        if provider == "tensorrt":
+            providers.append(
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "device_id": device_id,
+                        "trt_fp16_enable": precision == "fp16",
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(path.parent / f".{path.stem}.trt-cache"),
+                        "trt_timing_cache_enable": True,
+                    },
+                )
+            )
+        if provider in ("cuda", "tensorrt"):
+            providers.append(
+                (
+                    "CUDAExecutionProvider",
+                    {"device_id": device_id, "cudnn_conv_algo_search": "HEURISTIC"},
+                )
+            )
+        providers.append("CPUExecutionProvider")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback is checked below, not just logged
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        active = session.get_providers()
+        wanted = ORT_PROVIDERS[provider]
+        if wanted not in active:
+            message = (
+                f"onnxruntime was asked for {wanted} but runs on {', '.join(active)} "
+                f"(available in this install: {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu matching your CUDA/cuDNN, or use --device cpu"
+            )
+            if not allow_cpu_fallback:
+                raise BackendError(message)
+            warnings.warn(message + "; running on the CPU as allowed", stacklevel=2)
+            provider, device = "cpu", "cpu"
+        self.provider = provider
+        self.device = device
+        self._session = session
+        self._device_id = device_id
+        meta = session.get_modelmeta().custom_metadata_map
+        graph_precision = meta.get("r21d.precision", "fp32")
+        if provider == "tensorrt" and precision == "fp16":
+            graph_precision = "fp16"  # the TensorRT EP builds an fp16 engine from the fp32 graph
+        if precision is not None and precision != graph_precision:
+            raise BackendError(
+                f"this ONNX graph computes in {graph_precision}; onnxruntime runs a graph in its "
+                f"own precision (export an {precision} graph, or use the torch backend)"
+            )
+        self.precision = graph_precision
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name not in ("frames", "clips"):
+            raise BackendError(
+                f"{path}: expected one input named 'frames' or 'clips', got "
+                f"{[i.name for i in inputs]} (was it exported by r21d?)"
+            )
+        self._input = inputs[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        if outputs[:2] != ["probs", "features"]:
+            raise BackendError(f"{path}: expected outputs 'probs', 'features', got {outputs}")
+        batch_dim = inputs[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        self._static_dims = inputs[0].shape
+        if self._input == "clips":
+            self._mean = np.asarray(self.spec.mean, np.float32)
+            self._std = np.asarray(self.spec.std, np.float32)
+
+    def _feed(self, frames: np.ndarray) -> np.ndarray:
+        if self._input == "frames":
+            expected = self._static_dims
+            given = frames.shape
+        else:
+            frames = ((frames.astype(np.float32) - self._mean) / self._std).transpose(0, 4, 1, 2, 3)
+            expected = self._static_dims
+            given = frames.shape
+            frames = np.ascontiguousarray(frames)
+        for want, got in zip(expected, given, strict=True):
+            if isinstance(want, int) and want != got:
+                raise ValueError(
+                    f"this ONNX graph has a static input shape {expected}; got {given} "
+                    "(export with dynamic shapes to score other sizes)"
+                )
+        return frames
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self._feed(frames)
+        if self.provider == "cpu":
+            probs, features = self._session.run(["probs", "features"], {self._input: x})[:2]
+            return probs, features
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self._device_id)
+        binding.bind_ortvalue_input(self._input, value)
+        for name in ("probs", "features"):
+            binding.bind_output(name, "cuda", self._device_id)
+        self._session.run_with_iobinding(binding)
+        probs, features = binding.copy_outputs_to_cpu()[:2]
+        return probs, features
+
+    def describe(self) -> str:
+        return super().describe() + f", provider {ORT_PROVIDERS[self.provider]}"
+
+
+class TensorRTBackend(Backend):
+    """A serialised TensorRT engine (TensorRT 10/11 API) with its ``<engine>.json`` spec.
+
+    Buffers are torch CUDA tensors (no pycuda); inputs are set with ``set_input_shape`` and
+    ``set_tensor_address`` and run with ``execute_async_v3`` on torch's current stream. The
+    engine's optimisation profile bounds the batch size (one fixed size when min == max).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, device: str, precision: str | None):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise BackendError(
+                "the tensorrt backend needs the TensorRT Python package (pip install tensorrt, "
+                "on a machine with an NVIDIA GPU)"
+            ) from None
+        import torch
+
+        if device == "cpu":
+            device = "cuda:0"
+        if not torch.cuda.is_available():
+            raise BackendError("the tensorrt backend needs a CUDA GPU and a CUDA build of torch")
+        self.spec, meta = read_engine_spec(path)
+        self.device = device
+        self.precision = meta.get("precision", "fp32")
+        if precision is not None and precision != self.precision:
+            raise BackendError(
+                f"this engine was built for {self.precision}; a TensorRT engine runs in the "
+                f"precision it was built with (build an {precision} engine)"
+            )
+        self._torch = torch
+        self._trt = trt
+        torch.cuda.set_device(device)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise BackendError(
+                f"{path}: TensorRT {trt.__version__} could not load this engine (engines only run "
+                "on the TensorRT version and GPU that built them; rebuild it here)"
+            )
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1 or inputs[0] not in ("frames", "clips"):
+            raise BackendError(f"{path}: expected one input 'frames' or 'clips', got {inputs}")
+        self._input = inputs[0]
+        self._outputs = [n for n in names if n not in inputs]
+        if not {"probs", "features"} <= set(self._outputs):
+            raise BackendError(f"{path}: expected outputs 'probs', 'features', got {names}")
+        low, _, high = engine.get_tensor_profile_shape(self._input, 0)
+        self.max_batch = int(high[0])
+        self.fixed_batch = int(high[0]) if low[0] == high[0] else None
+        self._batch_opt = int(engine.get_tensor_profile_shape(self._input, 0)[1][0])
+        if self._input == "clips":
+            self._mean = torch.tensor(self.spec.mean, device=device)
+            self._std = torch.tensor(self.spec.std, device=device)
+
+    @property
+    def default_batch(self) -> int:
+        return self.fixed_batch or self._batch_opt
+
+    def _torch_dtype(self, name: str):
+        trt, torch = self._trt, self._torch
+        table = {
+            trt.DataType.FLOAT: torch.float32,
+            trt.DataType.HALF: torch.float16,
+            trt.DataType.UINT8: torch.uint8,
+            trt.DataType.INT32: torch.int32,
+        }
+        if hasattr(trt.DataType, "BF16"):
+            table[trt.DataType.BF16] = torch.bfloat16
+        return table[self._engine.get_tensor_dtype(name)]
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(frames).pin_memory().to(self.device, non_blocking=True)
+            if self._input == "clips":
+                x = ((x.float() - self._mean) / self._std).permute(0, 4, 1, 2, 3)
+            x = x.to(self._torch_dtype(self._input)).contiguous()
+            context = self._context
+            if not context.set_input_shape(self._input, tuple(x.shape)):
+                raise ValueError(
+                    f"input shape {tuple(x.shape)} is outside this engine's optimisation profile "
+                    f"{self._engine.get_tensor_profile_shape(self._input, 0)}"
+                )
+            context.set_tensor_address(self._input, x.data_ptr())
+            buffers = {}
+            for name in self._outputs:
+                shape = tuple(context.get_tensor_shape(name))
+                buffers[name] = torch.empty(
+                    shape, dtype=self._torch_dtype(name), device=self.device
+                )
+                context.set_tensor_address(name, buffers[name].data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            stream.synchronize()
+            return (
+                buffers["probs"].float().cpu().numpy(),
+                buffers["features"].float().cpu().numpy(),
+            )
+
+
+def engine_spec_path(path: str | Path) -> Path:
+    """The JSON file beside a TensorRT engine that holds its spec (``model.engine.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_engine_spec(path: str | Path) -> tuple[ModelSpec, dict]:
+    """The spec of a TensorRT engine and the rest of its JSON sidecar (precision, versions).
+
+    The sidecar is ``<engine>.json`` (``model.engine.json``; ``model.json`` also accepted)
+    holding either ``{"r21d.spec": {...}, ...}``, ``{"spec": {...}, ...}`` or the spec itself.
+    """
+    path = Path(path)
+    candidates = [engine_spec_path(path), path.with_suffix(".json")]
+    sidecar = next((p for p in candidates if p.is_file()), None)
+    if sidecar is None:
+        raise FileNotFoundError(
+            f"no spec beside the engine {path} (looked for {candidates[0].name} and "
+            f"{candidates[1].name}); a TensorRT engine carries its spec in that JSON file"
+        )
+    try:
+        data = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{sidecar}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{sidecar}: expected a JSON object")
+    for key in (SPEC_KEY, "spec"):
+        if key in data:
+            spec = data[key]
+            spec = ModelSpec.from_json(spec) if isinstance(spec, str) else ModelSpec.from_dict(spec)
+            return spec, {k: v for k, v in data.items() if k != key}
+    return ModelSpec.from_dict(data), {}

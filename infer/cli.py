@@ -1,0 +1,338 @@
+"""``r21d score`` and ``r21d extract``: score or embed folders of videos, resumably.
+
+``r21d score PATH... --model M [-o results.jsonl]`` writes one record per video (top-k labels
+and probabilities, clips, frames decoded, duration, short-video flag, status, timings; format in
+:mod:`r21d.infer.records`). ``r21d extract PATH... --model M -o DIR`` writes pooled features:
+
+    DIR/<stem>_<hash>.npz   clip_features (K, D) float32, one row per clip (clips x crops),
+                            video_feature (D,) float32, their mean (np.load, no pickle)
+    DIR/index.jsonl         {"path", "file" (name in DIR, null on error), "clips", "dim",
+                             "status", "error", "frames_decoded", "duration", "short", "model"}
+
+PATHs are folders (searched recursively for video files), video files, or ``@list.txt`` list
+files (also ``--list FILE``) with one path per line (blank lines and ``#`` comments skipped;
+relative paths are taken from the current directory). Both commands resume by default: paths
+already in the output are skipped; ``--overwrite`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+VIDEO_EXTENSIONS = frozenset(
+    (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+    + (".3gp",)
+)
+PRINT_LIMIT = 10
+"""Scoring at most this many videos prints each one's top labels to stdout."""
+
+
+def find_videos(inputs: list[str], list_files: list[str] = ()) -> list[str]:
+    """Absolute video paths from folders, files and ``@list`` files, deduplicated, in order.
+
+    Folders are searched recursively for :data:`VIDEO_EXTENSIONS` (any case), sorted; files
+    named directly are taken whatever their suffix. A PATH on the command line that does not
+    exist is an error; a missing entry of a list file becomes an error record later.
+    """
+    found: list[str] = []
+    lists = [p[1:] for p in inputs if p.startswith("@")] + list(list_files)
+    for item in [p for p in inputs if not p.startswith("@")]:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"{item} not found")
+        found += _expand(path)
+    for list_file in lists:
+        entries = _read_list(Path(list_file))
+        for entry in entries:
+            path = Path(entry)
+            found += _expand(path) if path.is_dir() else [os.path.abspath(path)]
+    return list(dict.fromkeys(found))
+
+
+def _expand(path: Path) -> list[str]:
+    if not path.is_dir():
+        return [os.path.abspath(path)]
+    videos = (p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return sorted(os.path.abspath(p) for p in videos)
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"list file {path} not found")
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    from r21d.infer.backends import BACKENDS, PRECISIONS
+    from r21d.infer.engine import default_workers
+
+    p.add_argument("paths", nargs="+", metavar="PATH", help="folders, videos or @list.txt files")
+    p.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file with one video path per line (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="checkpoint (.safetensors), ONNX model (.onnx) or TensorRT engine",
+    )
+    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument(
+        "--crops",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="spatial crops per clip (default 1, the centre)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=("fixed", "short_edge"),
+        help="frame resizing (default: the model's spec)",
+    )
+    p.add_argument(
+        "--full-frame",
+        action="store_true",
+        help="score the whole resized frame fully-convolutionally, not a crop",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="decode processes (default %(default)s; 0 decodes in this process)",
+    )
+    p.add_argument("--batch-size", type=int, help="clips per model call (default: by device)")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="default: from the model file's suffix"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="default fp32 (torch) or the graph's own (onnxruntime, tensorrt)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="torch: channels_last_3d memory format (faster on many CPUs)",
+    )
+    p.add_argument(
+        "--ort-provider",
+        choices=("cpu", "cuda", "tensorrt"),
+        help="onnxruntime execution provider (default: from --device)",
+    )
+    p.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="warn instead of failing when a GPU provider falls back to the CPU",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start the output over instead of resuming it"
+    )
+
+
+def register(subparsers) -> None:
+    """Add ``score`` and ``extract`` to the ``r21d`` command."""
+    p = subparsers.add_parser(
+        "score",
+        help="score videos: top-k labels per video, resumable JSONL/CSV output",
+        description="Score videos with the paper's test protocol (uniform clips, centre crop, "
+        "mean of clip softmax outputs). Resumes an existing output by default.",
+    )
+    _add_common_arguments(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        default="results.jsonl",
+        help="results file (default results.jsonl; .csv suffix writes CSV)",
+    )
+    p.add_argument("--format", choices=("jsonl", "csv"), help="default: from the suffix")
+    p.add_argument("--top-k", type=int, default=5, help="labels per video (default 5)")
+    p.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_results",
+        help=f"print each video's top labels (default when <= {PRINT_LIMIT} videos)",
+    )
+    p.set_defaults(func=score_command)
+
+    p = subparsers.add_parser(
+        "extract",
+        help="pooled clip and video features per video (.npz) with an index.jsonl",
+        description="Extract pooled features: one .npz per video (clip_features (K, D), "
+        "video_feature (D,)) and DIR/index.jsonl. Resumes by default.",
+    )
+    _add_common_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=extract_command)
+
+
+def _open(args: argparse.Namespace):
+    """Videos, backend and engine options from the parsed arguments."""
+    from r21d.infer.backends import open_backend
+    from r21d.infer.engine import ScoreOptions
+
+    paths = find_videos(args.paths, args.list)
+    if not paths:
+        raise ValueError(f"no videos found in {' '.join(args.paths + args.list)}")
+    options = ScoreOptions(
+        num_clips=args.clips,
+        crops=args.crops,
+        full_frame=args.full_frame,
+        resize_mode=args.resize,
+        workers=args.workers,
+        batch_size=args.batch_size,
+    )
+    backend = open_backend(
+        args.model,
+        args.backend,
+        args.device,
+        args.precision,
+        channels_last=args.channels_last,
+        ort_provider=args.ort_provider,
+        allow_cpu_fallback=args.allow_cpu_fallback,
+        threads=args.threads,
+    )
+    return paths, backend, options
+
+
+def _check_same_model(records: list[dict], model: str, output: str) -> None:
+    others = {r.get("model") for r in records} - {model, None, ""}
+    if others:
+        raise ValueError(
+            f"{output} holds results of {', '.join(sorted(others))}, not {model}; "
+            "use another output or --overwrite"
+        )
+
+
+class _Progress:
+    """tqdm bar (videos/s, ETA) plus the counts the end-of-run summary reports."""
+
+    def __init__(self, total: int, skipped: int, output: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="video", file=sys.stderr, dynamic_ncols=True)
+        self.skipped, self.output = skipped, output
+        self.scored = self.failed = self.clips = 0
+        self.start = time.perf_counter()
+
+    def update(self, result) -> None:
+        self.scored += result.ok
+        self.failed += not result.ok
+        self.clips += result.clips
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stdout)
+
+    def summary(self, interrupted: bool = False) -> None:
+        self.bar.close()
+        seconds = time.perf_counter() - self.start
+        done = self.scored + self.failed
+        rate = f"{done / seconds:.2f} videos/s, {self.clips / seconds:.1f} clips/s"
+        end = "interrupted; run again to resume" if interrupted else "done"
+        print(
+            f"{end}: scored {self.scored}, failed {self.failed}, skipped {self.skipped} "
+            f"(already in {self.output}) in {seconds:.1f} s ({rate})",
+            file=sys.stderr,
+        )
+
+
+def _run(paths, backend, options, done: set[str], output: str, handle) -> int:
+    """Score the paths not in ``done``, passing each result to ``handle``; return failures."""
+    from r21d.infer.engine import score_videos
+
+    todo = [p for p in paths if p not in done]
+    print(
+        f"{backend.describe()}\n{len(todo)} videos to score, {len(paths) - len(todo)} "
+        f"already in {output}",
+        file=sys.stderr,
+    )
+    progress = _Progress(len(todo), len(paths) - len(todo), output)
+    try:
+        for result in score_videos(todo, backend, options):
+            handle(result, progress)
+            progress.update(result)
+    except KeyboardInterrupt:
+        progress.summary(interrupted=True)
+        raise
+    progress.summary()
+    return progress.failed
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """``r21d score``: exit 0 when every video scored, 1 when some failed."""
+    from r21d.infer.records import RecordFile, csv_columns, output_format, score_record
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    paths, backend, options = _open(args)
+    spec, model = backend.spec, Path(args.model).name
+    fmt = output_format(args.output, args.format)
+    columns = csv_columns(args.top_k) if fmt == "csv" else None
+    show = args.print_results or len(paths) <= PRINT_LIMIT
+
+    with RecordFile(args.output, fmt, columns=columns, overwrite=args.overwrite) as out:
+        _check_same_model(out.records, model, args.output)
+
+        def handle(result, progress) -> None:
+            out.write(score_record(result, spec, args.top_k, model))
+            if show:
+                progress.write(_format_result(result, spec))
+
+        failed = _run(paths, backend, options, out.done, args.output, handle)
+    return 1 if failed else 0
+
+
+def _format_result(result, spec) -> str:
+    if not result.ok:
+        return f"{result.path}: error: {result.error}"
+    top = ", ".join(f"{label} {p:.3f}" for _, label, p in result.top_k(spec, 5))
+    short = " (short video, frames repeated)" if result.short else ""
+    return f"{result.path}: {top}{short}"
+
+
+def extract_command(args: argparse.Namespace) -> int:
+    """``r21d extract``: exit 0 when every video was embedded, 1 when some failed."""
+    from r21d.infer.records import RecordFile, save_features
+
+    directory = Path(args.output)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"-o {directory} exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, backend, options = _open(args)
+    model = Path(args.model).name
+    index = directory / "index.jsonl"
+    with RecordFile(index, "jsonl", overwrite=args.overwrite) as out:
+        _check_same_model(out.records, model, str(index))
+
+        def handle(result, progress) -> None:
+            name = None
+            if result.ok:
+                name = save_features(directory, result.path, result.clip_features)
+            record = {
+                "path": result.path,
+                "file": name,
+                "clips": result.clips,
+                "dim": None if not result.ok else int(result.clip_features.shape[1]),
+                "status": result.status,
+                "error": result.error,
+                "frames_decoded": result.frames_decoded,
+                "duration": result.duration,
+                "short": result.short,
+                "model": model,
+            }
+            out.write(record)
+
+        failed = _run(paths, backend, options, out.done, str(index), handle)
+    return 1 if failed else 0

@@ -1,0 +1,402 @@
+"""The batch-scoring engine: decode in worker processes, pack clips into batches, average.
+
+Data flow::
+
+    paths --task queue--> decode workers (processes) --bounded queue--> main process
+          main: pack clips of several videos into fixed-size batches of one shape
+                -> backend.run -> per-clip softmax + features -> per-video mean -> results
+
+- Each decode worker is a separate process (``forkserver`` context where available, else
+  ``spawn``; never ``fork`` after torch or a GPU runtime started) that decodes one video at a
+  time into its clips and hands them over through a queue of at most ``queue_size`` decoded
+  videos, so memory stays bounded whatever the number of videos: decoders wait while the model
+  is busy.
+- The main process packs clips from several videos into batches of exactly ``batch_size``
+  clips. Only clips of the same shape share a batch (full-frame scoring of short-edge resized
+  videos gives several shapes). The last batch of a shape is short, or padded with copies of
+  its last clip where the backend takes one fixed batch size.
+- The video prediction is the mean of its clips' softmax outputs (Caffe2's test protocol,
+  DESIGN.md s.6); the clip features are kept too (``r21d extract``).
+- Results come out in completion order. A video that cannot be decoded (or whose decoder
+  process dies) yields one error result with a specific message, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from r21d.spec import ModelSpec
+
+POLL_S = 0.5
+"""How often blocked queue operations wake up to check that the other side is alive."""
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How clips are taken from each video and how the work is spread.
+
+    ``num_clips`` uniformly spaced clips per video (DESIGN.md s.6), each in ``crops`` (1 or 3)
+    spatial crops; ``full_frame`` scores the whole resized frame fully-convolutionally instead
+    of a ``crop_size`` crop; ``resize_mode`` overrides the spec's (``fixed`` or
+    ``short_edge``); ``workers`` decode processes (0 decodes in the main process);
+    ``batch_size`` clips per model call (``None``: the backend's default); ``queue_size``
+    decoded videos waiting for the model (``None``: twice the workers, at least 2).
+    """
+
+    num_clips: int = 10
+    crops: int = 1
+    full_frame: bool = False
+    resize_mode: str | None = None
+    workers: int = 2
+    batch_size: int | None = None
+    queue_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.crops not in (1, 3):
+            raise ValueError(f"crops must be 1 or 3, got {self.crops}")
+        if self.full_frame and self.crops != 1:
+            raise ValueError("full-frame scoring takes the whole frame: crops must be 1")
+        if self.resize_mode not in (None, "fixed", "short_edge"):
+            raise ValueError(f"resize_mode must be fixed or short_edge, got {self.resize_mode!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class VideoResult:
+    """The outcome of one video.
+
+    ``probs`` (classes,) is the mean of the clip softmax outputs; ``clip_probs`` (K, classes)
+    and ``clip_features`` (K, feature_dim) hold every clip (K = clips x crops). ``status`` is
+    ``"ok"`` or ``"error"`` (then ``error`` says why and the arrays are ``None``).
+    ``frames_decoded`` counts the frames the decoder produced; ``short`` is set when the video
+    is shorter than one clip and frames were repeated. ``decode_s`` is the worker's decoding
+    time, ``model_s`` this video's share of the model time of the batches it was in.
+    """
+
+    index: int
+    path: str
+    status: str = "ok"
+    error: str | None = None
+    probs: np.ndarray | None = None
+    clip_probs: np.ndarray | None = None
+    clip_features: np.ndarray | None = None
+    clips: int = 0
+    frames_decoded: int = 0
+    duration: float | None = None
+    short: bool = False
+    decode_s: float = 0.0
+    model_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def video_feature(self) -> np.ndarray | None:
+        """Mean of the clip features (the paper's fc-only / retrieval descriptor)."""
+        return None if self.clip_features is None else self.clip_features.mean(axis=0)
+
+    def top_k(self, spec: ModelSpec, k: int = 5) -> list[tuple[int, str, float]]:
+        """``(class index, label, probability)`` of the ``k`` most probable classes."""
+        if self.probs is None:
+            return []
+        order = np.argsort(-self.probs, kind="stable")[:k]
+        return [(int(i), spec.label(int(i)), float(self.probs[i])) for i in order]
+
+
+def decode_spec(spec: ModelSpec, resize_mode: str | None) -> ModelSpec:
+    """The spec that decoding follows: the model's, with ``resize_mode`` overridden if given.
+
+    ``fixed`` from a short-edge spec keeps the short side and uses Caffe2's 4:3 frame
+    (128 -> 128x171); ``short_edge`` from a fixed spec keeps the fixed height as short side.
+    """
+    if resize_mode is None or resize_mode == spec.resize_mode:
+        return spec
+    if resize_mode == "short_edge":
+        return spec.replace(resize_mode="short_edge", resize_size=(min(spec.resize_size),))
+    short = spec.resize_size[0]
+    return spec.replace(resize_mode="fixed", resize_size=(short, round(short * 4 / 3)))
+
+
+@dataclass
+class _Decoded:
+    """What a decode worker sends back for one video."""
+
+    index: int
+    path: str
+    clips: np.ndarray | None = None
+    error: str | None = None
+    frames_decoded: int = 0
+    duration: float | None = None
+    short: bool = False
+    decode_s: float = 0.0
+
+
+def _decode_one(index: int, path: str, spec: ModelSpec, options: ScoreOptions) -> _Decoded:
+    from r21d.infer.decode import VideoError, decode_for_spec
+
+    start = time.perf_counter()
+    try:
+        decoded = decode_for_spec(
+            path,
+            spec,
+            num_clips=options.num_clips,
+            crops=options.crops,
+            full_frame=options.full_frame,
+        )
+    except VideoError as e:
+        return _Decoded(index, path, error=str(e), decode_s=time.perf_counter() - start)
+    except (OSError, ValueError, RuntimeError, MemoryError) as e:
+        message = f"{type(e).__name__}: {e}"
+        return _Decoded(index, path, error=message, decode_s=time.perf_counter() - start)
+    info = decoded.info
+    return _Decoded(
+        index,
+        path,
+        clips=decoded.clips,
+        frames_decoded=int(decoded.frames_decoded),
+        duration=getattr(info, "duration", None),
+        short=bool(decoded.short),
+        decode_s=time.perf_counter() - start,
+    )
+
+
+def _decode_worker(tasks, results, current, spec: ModelSpec, options: ScoreOptions) -> None:
+    """Worker process: decode tasks ``(index, path)`` until ``None``; exit if the parent dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    parent = mp.parent_process()
+    while True:
+        try:
+            task = tasks.get(timeout=POLL_S)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
+        if task is None:
+            return
+        index, path = task
+        current.value = index
+        item = _decode_one(index, path, spec, options)
+        while True:
+            try:
+                results.put(item, timeout=POLL_S)
+                break
+            except queue.Full:
+                if parent is not None and not parent.is_alive():
+                    return
+        current.value = -1
+
+
+class _DecodePool:
+    """Decode worker processes fed from a task queue, returning decoded videos as they finish.
+
+    A worker that dies (a crash inside the decoding library) turns its video into an error
+    result and is replaced, so one pathological file cannot stall or end the run.
+    """
+
+    def __init__(self, paths: list[tuple[int, str]], spec, options: ScoreOptions):
+        methods = mp.get_all_start_methods()
+        self._ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self._tasks = self._ctx.Queue()
+        size = options.queue_size or max(2, 2 * options.workers)
+        self._results = self._ctx.Queue(maxsize=size)
+        self._spec, self._options = spec, options
+        self._remaining = len(paths)
+        self._paths = dict(paths)
+        for task in paths:
+            self._tasks.put(task)
+        self._workers: list[tuple[mp.Process, object]] = []
+        for _ in range(min(options.workers, len(paths))):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        current = self._ctx.Value("q", -1, lock=False)
+        worker = self._ctx.Process(
+            target=_decode_worker,
+            args=(self._tasks, self._results, current, self._spec, self._options),
+            daemon=True,
+        )
+        worker.start()
+        self._workers.append((worker, current))
+
+    def __iter__(self) -> Iterator[_Decoded]:
+        while self._remaining:
+            try:
+                item = self._results.get(timeout=POLL_S)
+            except queue.Empty:
+                yield from self._replace_dead_workers()
+                continue
+            self._remaining -= 1
+            yield item
+
+    def _replace_dead_workers(self) -> Iterator[_Decoded]:
+        for worker, current in list(self._workers):
+            if worker.is_alive():
+                continue
+            self._workers.remove((worker, current))
+            index = current.value
+            if index >= 0:
+                self._remaining -= 1
+                yield _Decoded(
+                    index,
+                    self._paths[index],
+                    error=f"the decoder process died (exit code {worker.exitcode}) on this file",
+                )
+            if self._remaining:
+                self._start_worker()
+
+    def close(self) -> None:
+        """Stop the workers (normal end, error or interrupt) without waiting on their queues."""
+        for _ in self._workers:
+            self._tasks.put(None)
+        deadline = time.monotonic() + 2 * POLL_S
+        for worker, _ in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=POLL_S)
+        for q in (self._tasks, self._results):
+            q.cancel_join_thread()
+            q.close()
+
+
+def _decode_inline(paths: list[tuple[int, str]], spec, options) -> Iterator[_Decoded]:
+    for index, path in paths:
+        yield _decode_one(index, path, spec, options)
+
+
+@dataclass
+class _Pending:
+    """A decoded video whose clips are (partly) waiting for the model."""
+
+    result: VideoResult
+    waiting: int
+    clip_probs: list = field(default_factory=list)
+    clip_features: list = field(default_factory=list)
+
+
+class _BatchPacker:
+    """Packs clips of several videos into batches of one shape and finishes videos."""
+
+    def __init__(self, backend, batch_size: int):
+        self.backend = backend
+        self.batch_size = batch_size
+        self.max_buffered = 4 * batch_size
+        self._buckets: dict[tuple[int, ...], deque] = {}
+        self._counts: dict[tuple[int, ...], int] = {}
+
+    def add(self, pending: _Pending, clips: np.ndarray) -> Iterator[VideoResult]:
+        """Queue a video's clips; run every full batch; yield the videos that finished."""
+        shape = clips.shape[1:]
+        self._buckets.setdefault(shape, deque()).extend(
+            (pending, i, clips) for i in range(len(clips))
+        )
+        self._counts[shape] = self._counts.get(shape, 0) + len(clips)
+        while self._counts.get(shape, 0) >= self.batch_size:
+            yield from self._run(shape, self.batch_size)
+        # Many shapes (full frames of many aspect ratios) must not pile up clips: flush the
+        # fullest bucket as a short batch while too many clips wait.
+        while sum(self._counts.values()) > self.max_buffered:
+            fullest = max(self._counts, key=self._counts.get)
+            yield from self._run(fullest, self._counts[fullest])
+
+    def flush(self) -> Iterator[VideoResult]:
+        """Run every clip still waiting (short or padded last batches)."""
+        for shape in list(self._buckets):
+            while self._counts[shape]:
+                yield from self._run(shape, min(self.batch_size, self._counts[shape]))
+
+    def _run(self, shape, n: int) -> Iterator[VideoResult]:
+        bucket = self._buckets[shape]
+        items = [bucket.popleft() for _ in range(n)]
+        self._counts[shape] -= n
+        if not self._counts[shape]:
+            del self._counts[shape], self._buckets[shape]
+        frames = np.stack([clips[i] for _, i, clips in items])
+        fixed = self.backend.fixed_batch
+        if fixed and n < fixed:
+            frames = np.concatenate([frames, np.repeat(frames[-1:], fixed - n, axis=0)])
+        start = time.perf_counter()
+        probs, features = self.backend.run(frames)
+        share = (time.perf_counter() - start) / n
+        for row, (pending, _, _) in enumerate(items):
+            pending.clip_probs.append(probs[row])
+            pending.clip_features.append(features[row])
+            pending.result.model_s += share
+            pending.waiting -= 1
+            if not pending.waiting:
+                yield _finish(pending)
+
+
+def _finish(pending: _Pending) -> VideoResult:
+    result = pending.result
+    result.clip_probs = np.stack(pending.clip_probs)
+    result.clip_features = np.stack(pending.clip_features)
+    result.probs = result.clip_probs.mean(axis=0)
+    return result
+
+
+def score_videos(
+    paths: Iterable[str], backend, options: ScoreOptions | None = None
+) -> Iterator[VideoResult]:
+    """Score every video in ``paths`` with ``backend``; yield one result per video as it finishes.
+
+    ``index`` in each result is the position of its path in ``paths``. Decoding follows the
+    backend's spec (:func:`decode_spec` with ``options.resize_mode``). Closing the generator
+    (or an exception, Ctrl-C included) stops the decode workers.
+    """
+    options = options or ScoreOptions()
+    tasks = list(enumerate(str(p) for p in paths))
+    if not tasks:
+        return
+    spec = decode_spec(backend.spec, options.resize_mode)
+    batch_size = options.batch_size or backend.default_batch
+    if backend.fixed_batch and batch_size != backend.fixed_batch:
+        raise ValueError(
+            f"this {backend.name} model takes batches of exactly {backend.fixed_batch} clips; "
+            f"batch size {batch_size} asked for"
+        )
+    if backend.max_batch:
+        batch_size = min(batch_size, backend.max_batch)
+    packer = _BatchPacker(backend, batch_size)
+    pool = _DecodePool(tasks, spec, options) if options.workers else None
+    source = pool if pool is not None else _decode_inline(tasks, spec, options)
+    try:
+        for item in source:
+            result = VideoResult(
+                index=item.index,
+                path=item.path,
+                frames_decoded=item.frames_decoded,
+                duration=item.duration,
+                short=item.short,
+                decode_s=item.decode_s,
+            )
+            if item.error is not None:
+                result.status, result.error = "error", item.error
+                yield result
+                continue
+            result.clips = len(item.clips)
+            yield from packer.add(_Pending(result, waiting=len(item.clips)), item.clips)
+        yield from packer.flush()
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def default_workers() -> int:
+    """Decode processes by default: two, or one on a single-core machine."""
+    return min(2, os.cpu_count() or 1)
