@@ -130,10 +130,10 @@ class FullyConvolutional(nn.Module):
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """Raw RGB frames ``(N, T, H, W, 3)`` (uint8, 0-255) -> normalised ``(N, 3, T, H, W)``."""
         x = (frames.to(self.mean.dtype) - self.mean) / self.std
-        return x.permute(0, 4, 1, 2, 3)
+        return x.permute(0, 4, 1, 2, 3).contiguous()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not torch.compiler.is_compiling():  # shapes are symbolic while exporting
+        if all(isinstance(s, int) for s in x.shape):  # symbolic (SymInt) while exporting
             check_input_shape(self.spec, x.shape, self.input_format)
         if self.input_format == "uint8":
             x = self.normalise(x)
