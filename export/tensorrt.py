@@ -1,0 +1,238 @@
+"""r21d ONNX model -> TensorRT engine, with the spec in a JSON file beside it.
+
+A thin layer over the documented TensorRT Python API (``tensorrt`` is imported only inside
+these functions; it is not installable on every machine):
+
+* one optimisation profile (min/opt/max input shape) for the dynamic batch, time, height and
+  width, defaulting from the spec;
+* precision: TensorRT 11 builds strongly typed networks only, so an FP16 engine comes from an
+  FP16 ONNX graph (``r21d export onnx --precision fp16``); TensorRT 10 can also build FP16 from
+  an FP32 graph with the ``FP16`` builder flag;
+* a timing cache file, read before and written after the build, so rebuilds are fast;
+* ``version_compatible`` engines (``BuilderFlag.VERSION_COMPATIBLE``) run on later TensorRT
+  versions; other engines only on the version that built them.
+
+``<engine>.json`` records the spec, the input name, format and profile, the precision, the
+TensorRT version and the engine's SHA-256, so :func:`describe_engine` and the inference engine
+need no TensorRT to know what an engine is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from r21d.checkpoint import file_sha256
+from r21d.export.fully_conv import check_input_shape, min_spatial_size
+from r21d.export.inspect import load_onnx_info
+from r21d.export.onnx import PRECISIONS
+from r21d.spec import ModelSpec, SpecError
+
+Shape = tuple[int, int, int, int]
+"""(N, T, H, W): batch, frames, height, width, whatever the input layout."""
+
+
+class EngineError(ValueError):
+    """A TensorRT engine r21d cannot describe or use (missing or stale ``.json`` record)."""
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt``, or a one-line ImportError saying how to install it."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise ImportError(
+            "TensorRT is not installed: pip install r21d[tensorrt] (or pip install tensorrt)"
+        ) from None
+    return tensorrt
+
+
+def record_path(engine_path: str | Path) -> Path:
+    """Where the JSON record of an engine lives: ``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def default_profile(spec: ModelSpec) -> tuple[Shape, Shape, Shape]:
+    """(min, opt, max) shapes: batch 1/8/32, time clip_len/clip_len/4*clip_len, frames from
+    the crop size up to the resized frame (16:9 at most for short-edge resizing)."""
+    crop = max(spec.crop_size, min_spatial_size(spec))
+    if spec.resize_mode == "fixed":
+        opt_hw = max_hw = tuple(max(s, crop) for s in spec.resize_size)
+    else:
+        short = max(spec.resize_size[0], crop)
+        opt_hw, max_hw = (short, round(short * 4 / 3)), (short, round(short * 16 / 9))
+    clip = spec.clip_len
+    return (1, clip, crop, crop), (8, clip, *opt_hw), (32, 4 * clip, *max_hw)
+
+
+def parse_shape(text: str) -> Shape:
+    """``"8x16x128x171"`` -> (8, 16, 128, 171)."""
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"shape must be NxTxHxW with positive integers, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    precision: str | None = None,
+    min_shape: Shape | None = None,
+    opt_shape: Shape | None = None,
+    max_shape: Shape | None = None,
+    timing_cache: str | Path | None = None,
+    version_compatible: bool = False,
+    workspace_gib: float | None = None,
+) -> dict:
+    """Build a TensorRT engine from an r21d ONNX file; returns the record written beside it.
+
+    ``precision`` defaults to the ONNX graph's. Shapes are ``(N, T, H, W)`` and default to
+    :func:`default_profile`; each is checked against the spec before TensorRT starts.
+    """
+    info = load_onnx_info(onnx_path)
+    spec = info.spec
+    precision = precision or info.precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" and info.precision == "fp16":
+        raise ValueError(f"{onnx_path} is an FP16 graph; export an FP32 one for an FP32 engine")
+    shapes = _profile(spec, info.input_format, min_shape, opt_shape, max_shape)
+
+    trt = import_tensorrt()
+    major = int(trt.__version__.split(".")[0])
+    strongly_typed = info.precision == "fp16" or major >= 11
+    if precision == "fp16" and info.precision == "fp32" and major >= 11:
+        raise ValueError(
+            f"TensorRT {trt.__version__} builds strongly typed networks only: an FP16 engine "
+            "needs an FP16 graph (r21d export onnx --precision fp16), not the FP32 "
+            f"{Path(onnx_path).name}"
+        )
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    if workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    if precision == "fp16" and not strongly_typed:  # TensorRT 10 weak typing
+        config.set_flag(trt.BuilderFlag.FP16)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    input_name = network.get_input(0).name
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *(_layout(s, info.input_format) for s in shapes))
+    config.add_optimization_profile(profile)
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path:
+        cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see log)")
+    engine_path = Path(engine_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(serialized))
+    if cache_path:
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    record = {
+        "spec": json.loads(spec.to_json()),
+        "input_name": input_name,
+        "input_format": info.input_format,
+        "input_layout": "NTHWC" if info.input_format == "uint8" else "NCTHW",
+        "outputs": [o["name"] for o in info.outputs],
+        "precision": precision,
+        "strongly_typed": strongly_typed,
+        "profile": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes, strict=True)},
+        "tensorrt_version": trt.__version__,
+        "version_compatible": version_compatible,
+        "onnx": Path(onnx_path).name,
+        "onnx_sha256": file_sha256(onnx_path),
+        "engine_sha256": file_sha256(engine_path),
+    }
+    record_path(engine_path).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def read_engine_record(engine_path: str | Path, verify: bool = True) -> dict:
+    """The JSON record beside an engine, its spec validated (and, with ``verify``, its hash
+    checked so a record left over from another build cannot describe this engine)."""
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise FileNotFoundError(f"{engine_path} not found")
+    path = record_path(engine_path)
+    if not path.is_file():
+        raise EngineError(
+            f"{engine_path} has no {path.name} beside it: r21d needs the spec that "
+            "`r21d export trt` writes there"
+        )
+    try:
+        record = json.loads(path.read_text())
+        ModelSpec.from_dict(record["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError, SpecError) as e:
+        raise EngineError(f"{path} is not a valid engine record: {e}") from None
+    if verify and record.get("engine_sha256") != file_sha256(engine_path):
+        raise EngineError(f"{path.name} was written for a different build of {engine_path.name}")
+    return record
+
+
+def load_engine_spec(engine_path: str | Path) -> ModelSpec:
+    """The spec of a TensorRT engine, from its JSON record."""
+    return ModelSpec.from_dict(read_engine_record(engine_path)["spec"])
+
+
+def describe_engine(path: str | Path) -> dict:
+    """What ``r21d info model.engine`` prints (no TensorRT needed)."""
+    path = Path(path)
+    record = read_engine_record(path)
+    flat = {k: v for k, v in record.items() if k not in ("spec", "profile")}
+    profile = {k: "x".join(map(str, v)) for k, v in record["profile"].items()}
+    return {
+        "file": str(path),
+        "kind": "tensorrt engine",
+        "bytes": path.stat().st_size,
+        **flat,
+        "profile_NxTxHxW": profile,
+        "spec": record["spec"],
+    }
+
+
+def _profile(
+    spec: ModelSpec,
+    input_format: str,
+    min_shape: Shape | None,
+    opt_shape: Shape | None,
+    max_shape: Shape | None,
+) -> tuple[Shape, Shape, Shape]:
+    defaults = default_profile(spec)
+    shapes = tuple(
+        tuple(given) if given else default
+        for given, default in zip((min_shape, opt_shape, max_shape), defaults, strict=True)
+    )
+    for name, shape in zip(("min", "opt", "max"), shapes, strict=True):
+        if len(shape) != 4:
+            raise ValueError(f"{name} shape must be (N, T, H, W), got {shape}")
+        try:
+            check_input_shape(spec, _layout(shape, input_format), input_format)
+        except ValueError as e:
+            raise ValueError(f"{name} shape {'x'.join(map(str, shape))}: {e}") from None
+    low, opt, high = shapes
+    if not all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
+        raise ValueError(f"profile needs min <= opt <= max in every dim, got {low}, {opt}, {high}")
+    return shapes  # type: ignore[return-value]
+
+
+def _layout(shape: Shape, input_format: str) -> tuple[int, ...]:
+    """(N, T, H, W) -> the input tensor's shape: NTHWC uint8 frames or NCTHW float clips."""
+    n, t, h, w = shape
+    return (n, t, h, w, 3) if input_format == "uint8" else (n, 3, t, h, w)
