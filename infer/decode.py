@@ -17,7 +17,6 @@ error in the frames a clip needs (for example ``InvalidDataError`` mid-stream) i
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,14 @@ from r21d.spec import ModelSpec
 
 from .clips import clip_span, clip_starts, crop_boxes, is_short, resized_shape
 from .frame_reader import FrameReader
-from .video_info import VideoError, VideoInfo, frame_rate, header_frame_count, open_video
+from .video_info import (
+    VideoError,
+    VideoInfo,
+    frame_rate,
+    header_frame_count,
+    open_video,
+    stream_duration,
+)
 
 __all__ = [
     "DecodedClips",
@@ -93,32 +99,37 @@ def decode_clips(
         clips = np.empty((num_clips * len(boxes), clip_len, box_h, box_w, 3), dtype=np.uint8)
 
         num_frames = info.num_frames
-        for attempt in range(2):
+        for attempt in range(2):  # a second pass only when the header over-counted
             starts = clip_starts(num_frames, clip_len, frame_step, num_clips)
             short = is_short(num_frames, clip_len, frame_step)
-            replace_windows = False
             for j, start in enumerate(starts):
                 frames = reader.read(start, span)
-                if len(frames) < span and reader.end is not None and reader.end < start + span:
+                if len(frames) < span and reader.end is not None:  # the stream ended early
+                    _check_not_truncated(path, reader.end, info)
                     if attempt == 0 and j < num_clips - 1 and reader.end >= span:
-                        num_frames, replace_windows = reader.end, True
-                        break  # the header over-counted: place the windows again
-                    frames = reader.read(max(0, reader.end - span), span)  # last full window
-                    starts[j] = frames[0][0] if frames else 0
-                if not frames:
-                    raise VideoError(f"{path}: no frame could be decoded at frame {start}")
+                        break  # later windows would start past the end: place them again
+                    frames = reader.read(max(0, reader.end - span), span)
+                    if not frames:
+                        raise VideoError(f"{path}: no frame could be decoded near the end")
+                    starts[j] = frames[0][0]
                 short = short or len(frames) < span
                 for k in range(clip_len):
                     image = scaler(frames[min(k * frame_step, len(frames) - 1)])
                     for c, (top, left, h, w) in enumerate(boxes):
                         clips[j * len(boxes) + c, k] = image[top : top + h, left : left + w]
                 scaler.forget_before(frames[0][0])
-            if not replace_windows:
+            else:
                 break
+            num_frames = reader.end
             scaler.forget_before(None)
 
         if reader.end is not None and reader.end != info.num_frames:
-            info = replace(info, num_frames=reader.end, frame_count_source="decoded")
+            info = replace(
+                info,
+                num_frames=reader.end,
+                duration=reader.end / info.fps,
+                frame_count_source="decoded",
+            )
         return DecodedClips(clips, starts, reader.frames_decoded, info, short)
 
 
@@ -168,9 +179,10 @@ def decode_window(
         scaler = _Scaler(reader.rotation, height, width)
         frames = reader.read(start, span)
         if len(frames) < span and reader.end is not None:
+            _check_not_truncated(path, reader.end, info)
             frames = reader.read(max(0, reader.end - span), span)
         if not frames:
-            raise VideoError(f"{path}: no frame could be decoded at frame {start}")
+            raise VideoError(f"{path}: no frame could be decoded near frame {start}")
         out = np.empty((clip_len, height, width, 3), dtype=np.uint8)
         for k in range(clip_len):
             out[k] = scaler(frames[min(k * frame_step, len(frames) - 1)])
@@ -185,13 +197,11 @@ def _open_reader(path, container, stream, keep: int) -> tuple[FrameReader, Video
     width, height = stream.codec_context.width, stream.codec_context.height
     if reader.rotation % 180:
         width, height = height, width
-    duration = stream.duration * stream.time_base if stream.duration else None
-    if duration is None and container.duration:
-        duration = Fraction(container.duration, 1_000_000)
+    duration = stream_duration(container, stream)
     info = VideoInfo(
         num_frames=num_frames,
         fps=float(fps),
-        duration=float(duration if duration else num_frames / fps),
+        duration=duration if duration else float(num_frames / fps),
         width=width,
         height=height,
         rotation=reader.rotation,
@@ -200,6 +210,21 @@ def _open_reader(path, container, stream, keep: int) -> tuple[FrameReader, Video
         codec=stream.codec_context.name,
     )
     return reader, info
+
+
+MIN_READABLE = 0.5
+"""A stream that ends before this fraction of the frames its header promises is truncated."""
+
+
+def _check_not_truncated(path: str | Path, end: int, info: VideoInfo) -> None:
+    """Raise VideoError when far fewer frames could be read than the file claims."""
+    if end < info.num_frames * MIN_READABLE:
+        promised = {"header": "its header promises", "duration": "its duration implies"}
+        claim = promised.get(info.frame_count_source, "its packets promise")
+        raise VideoError(
+            f"{path}: only {end} frames could be decoded but {claim} {info.num_frames} "
+            "(truncated or damaged file)"
+        )
 
 
 class _Scaler:

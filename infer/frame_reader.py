@@ -37,6 +37,8 @@ from .video_info import VideoError
 
 LOOKAHEAD = 8
 """Frames decoded at open to learn the first timestamp, the rotation and the timestamp clock."""
+SEEK_TRIES = 4
+"""Seeks tried, each further before the target, before decoding from the first frame."""
 
 Timed = tuple[Fraction, VideoFrame]
 
@@ -63,7 +65,8 @@ class FrameReader:
         self.path = str(path)
         self.frames_decoded = 0
         self.end: int | None = None
-        self.gop = max(1, round(fps))  # until a key-frame interval is seen, assume one second
+        self._min_gop = max(1, round(fps))  # until a key-frame interval is seen: one second
+        self.gop = self._min_gop
         self._container = container
         self._stream = stream
         self._step = 1 / (fps * Fraction(stream.time_base))  # timestamp ticks per frame
@@ -77,7 +80,8 @@ class FrameReader:
         if not head:
             raise VideoError(f"{self.path}: no video frame could be decoded")
         self._use_dts = _dts_is_better(head)
-        self.rotation = int(round(head[0].rotation or 0))
+        # display rotation in degrees counter-clockwise, normalised to (-180, 180]
+        self.rotation = -((180 - round(head[0].rotation or 0)) % 360 - 180)
         self.origin = _timestamp(head[0], self._use_dts) or Fraction(0)
         self._last_ts = self.origin
         self._frames: Generator[Timed, None, None] | None = self._timed(itertools.chain(head, raw))
@@ -116,12 +120,19 @@ class FrameReader:
         self._next += 1
 
     def _seek(self, start: int) -> None:
-        """Jump to the key frame before frame ``start`` and decode up to it."""
+        """Jump to a key frame before frame ``start`` and decode up to it."""
         target = self.origin + start * self._step
-        landed = self._seek_and_drop(target, from_origin=False)
-        if landed is None:  # the seek overshot the target: decode from the start instead
-            landed = self._seek_and_drop(target, from_origin=True)
-        assert landed is not None
+        landed = None
+        margin = 0  # frames to seek before the target when a seek lands after it
+        for _ in range(SEEK_TRIES):
+            if target - margin * self._step <= self.origin:
+                break
+            landed = self._seek_and_drop(target, target - margin * self._step)
+            if landed is not None:
+                break
+            margin = 2 * margin if margin else max(self.gop, self._min_gop)
+        if landed is None:  # decode from the first frame, where no seek can go wrong
+            landed = self._seek_and_drop(target, None)
         before, first, dropped = landed
         self.gop = max(self.gop, dropped)
         self._history.clear()
@@ -140,33 +151,45 @@ class FrameReader:
             self._push(first[1])
 
     def _seek_and_drop(
-        self, target: Fraction, from_origin: bool
+        self, target: Fraction, seek_to: Fraction | None
     ) -> tuple[list[Timed], Timed | None, int] | None:
-        """Seek, then decode until the first frame at ``target``; None if the seek overshot.
+        """Seek to ``seek_to`` (None: the first frame), decode up to the frame at ``target``.
 
+        After a real seek, frames before the first key frame are dropped (the demuxer may land
+        on any packet, e.g. in MPEG-TS, and those frames were decoded without their references),
+        and the seek has failed, returning None, if no key frame comes before the target.
         Returns the last ``keep`` frames before the target, the first frame at or after it
-        (None when the stream ends first) and how many frames were dropped on the way.
+        (None when the stream ends first) and how many frames lay between the key frame and
+        the target (a lower bound of the key-frame interval).
         """
         if self._frames is not None:
             self._frames.close()
-        seek_to = self.origin if from_origin else target
         try:
-            self._container.seek(math.floor(seek_to), stream=self._stream, backward=True)
+            self._container.seek(
+                math.floor(self.origin if seek_to is None else seek_to),
+                stream=self._stream,
+                backward=True,
+            )
         except av.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot seek in this file ({e.strerror or e})") from None
         self._frames = self._timed(self._decode())
-        tolerance = self._step / 2
+        latest = target + self._step / 2
+        keyed = seek_to is None
         before: deque[Timed] = deque(maxlen=self._history.maxlen)
         dropped = 0
         for ts, frame in self._frames:
-            if ts >= target - tolerance:
-                if dropped == 0 and ts > target + tolerance and not from_origin:
+            if not keyed:
+                if ts > latest:
                     return None
+                if not frame.key_frame:
+                    continue
+                keyed = True
+            if ts >= target - self._step / 2:
                 return list(before), (ts, frame), dropped
             before.append((ts, frame))
             dropped += 1
         self._frames = None
-        return list(before), None, dropped
+        return (list(before), None, dropped) if keyed else None
 
     def _decode(self) -> Iterator[VideoFrame]:
         """Decoder output from the current position; decoding errors become VideoError."""

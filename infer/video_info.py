@@ -82,12 +82,31 @@ def frame_rate(path: str | Path, stream: VideoStream) -> Fraction:
 
 
 def stream_duration(container: InputContainer, stream: VideoStream) -> float | None:
-    """Duration in seconds from the stream header, else the container's, else None."""
+    """Duration (s) of the video stream: its header, its DURATION tag (MKV), else the file's.
+
+    The file's duration is the longest stream's, so it can over-estimate the video when the
+    audio runs longer; it is only the last resort.
+    """
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
+    tag = _parse_clock(stream.metadata.get("DURATION", ""))
+    if tag:
+        return tag
     if container.duration:
         return container.duration / av.time_base
     return None
+
+
+def _parse_clock(text: str) -> float | None:
+    """Seconds in an ``HH:MM:SS.fraction`` tag, or None."""
+    parts = text.strip().split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        hours, minutes, seconds = int(parts[0]), int(parts[1]), float(parts[2])
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def header_frame_count(

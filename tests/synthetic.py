@@ -108,6 +108,7 @@ def write_video(
     seed: int = 0,
     vfr: bool = False,
     start: float = 0.0,
+    faststart: bool = False,
 ) -> Path:
     """Write a video and return its path.
 
@@ -117,6 +118,7 @@ def write_video(
     ``rotation`` stores a display rotation (degrees counter-clockwise, as ``frame.rotation``
     reads it back). ``vfr`` gives frames the irregular durations of :data:`VFR_PATTERN`.
     ``start`` is the time (s) of the first frame (MPEG-TS files usually start late).
+    ``faststart`` puts the MP4 index before the frames, so a truncated copy still opens.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -131,7 +133,8 @@ def write_video(
 
     time_base = Fraction(1, 1000) if vfr else Fraction(1, fps)
     times = vfr_times(len(images), fps) if vfr else [i / fps for i in range(len(images))]
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
