@@ -3,7 +3,7 @@
 ``decode_clips`` places ``num_clips`` windows uniformly over the video (:mod:`.clips`), reads
 each window with a :class:`~.frame_reader.FrameReader` (seek to the key frame before it, decode
 forward, or keep decoding when the next window is close), scales every used frame inside
-libswscale (``frame.to_ndarray(format="rgb24", width=..., height=...)``, bilinear), turns it
+libswscale (``reformat(frame, width=..., height=..., format="rgb24")``, bilinear), turns it
 upright if the file carries a display rotation, and cuts the crops.
 
 Frame counts: the count in the header (or duration x rate) decides where windows go. When the
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
 
 from r21d.spec import ModelSpec
 
@@ -228,19 +229,27 @@ def _check_not_truncated(path: str | Path, end: int, info: VideoInfo) -> None:
 
 
 class _Scaler:
-    """Decoded frame -> upright uint8 RGB array of the resized size, memoised by frame index."""
+    """Decoded frame -> upright uint8 RGB array of the resized size, memoised by frame index.
+
+    Scaling and the YUV -> RGB conversion happen in one libswscale pass (bilinear). It runs
+    single-threaded: the decoder has its own threads and the scoring engine runs several
+    decoding processes, so more threads here would only compete with them.
+    """
 
     def __init__(self, rotation: int, height: int, width: int) -> None:
         self._turns = round(rotation / 90) % 4  # np.rot90 turns counter-clockwise, like rotation
         # the stored frame is scaled before it is turned, so a quarter turn swaps its size
         self._size = (height, width) if self._turns % 2 == 0 else (width, height)
         self._done: dict[int, np.ndarray] = {}
+        self._reformatter = VideoReformatter()  # one swscale context for the whole video
 
     def __call__(self, item: tuple[int, VideoFrame]) -> np.ndarray:
         index, frame = item
         if index not in self._done:
             h, w = self._size
-            image = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+            image = self._reformatter.reformat(
+                frame, width=w, height=h, format="rgb24", interpolation="BILINEAR", threads=1
+            ).to_ndarray()
             self._done[index] = np.rot90(image, self._turns) if self._turns else image
         return self._done[index]
 

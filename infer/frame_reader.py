@@ -199,8 +199,9 @@ class FrameReader:
                 yield frame
         except av.FFmpegError as e:
             seconds = float((self._last_ts - self.origin) * self.time_base)
+            what = "corrupt video data" if isinstance(e, av.InvalidDataError) else "decoding failed"
             raise VideoError(
-                f"{self.path}: corrupt video data after {seconds:.2f} s ({e.strerror or e})"
+                f"{self.path}: {what} after {seconds:.2f} s ({e.strerror or e})"
             ) from None
 
     def _timed(self, frames: Iterator[VideoFrame]) -> Generator[Timed, None, None]:

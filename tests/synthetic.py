@@ -18,6 +18,8 @@ The container comes from the file suffix (``.mp4``, ``.mkv``, ``.avi``, ``.mov``
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -109,6 +111,7 @@ def write_video(
     vfr: bool = False,
     start: float = 0.0,
     faststart: bool = False,
+    streamed: bool = False,
 ) -> Path:
     """Write a video and return its path.
 
@@ -119,6 +122,7 @@ def write_video(
     reads it back). ``vfr`` gives frames the irregular durations of :data:`VFR_PATTERN`.
     ``start`` is the time (s) of the first frame (MPEG-TS files usually start late).
     ``faststart`` puts the MP4 index before the frames, so a truncated copy still opens.
+    ``streamed`` writes an MKV as if to a pipe: no frame count, duration or seek index.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -134,7 +138,12 @@ def write_video(
     time_base = Fraction(1, 1000) if vfr else Fraction(1, fps)
     times = vfr_times(len(images), fps) if vfr else [i / fps for i in range(len(images))]
     options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as container:
+    if streamed and path.suffix != ".mkv":
+        raise ValueError("streamed=True writes MKV only")
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(_Unseekable(path)) if streamed else str(path)
+        fmt = "matroska" if streamed else None
+        container = stack.enter_context(av.open(target, "w", format=fmt, options=options))
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -158,3 +167,20 @@ def write_video(
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only file that cannot seek, so muxers write it like a live stream."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed in close())
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

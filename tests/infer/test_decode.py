@@ -165,6 +165,16 @@ def test_late_start_time_of_mpeg_ts(tmp_path):
     assert indices(out.clips) == expected(out.starts, 8)
 
 
+def test_stream_without_count_or_duration_counts_its_packets(tmp_path):
+    path = write_video(tmp_path / "live.mkv", 60, gop=20, streamed=True)
+    info = probe(path)
+    assert (info.num_frames, info.frame_count_source) == (60, "decoded")
+    assert info.duration == pytest.approx(2.4)
+    out = decode_clips(path, clip_len=8, num_clips=3, crop_size=None)
+    assert out.starts == [0, 26, 52]
+    assert indices(out.clips) == expected(out.starts, 8)
+
+
 def test_short_video_repeats_its_last_frame(tmp_path):
     path = write_video(tmp_path / "short.mp4", 5)
     out = decode_clips(path, clip_len=8, num_clips=3, crop_size=None)
