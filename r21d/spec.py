@@ -108,8 +108,12 @@ class ModelSpec:
                 f"clip_len {self.clip_len} is not a multiple of 8: the Caffe2 head pools "
                 "clip_len/8 frames in time (DESIGN.md s.3)"
             )
-        if self.arch == "i3d" and self.clip_len % 8:
-            raise SpecError(f"clip_len {self.clip_len} is not a multiple of 8 (I3D strides 8)")
+        if self.arch == "i3d" and self.clip_len < 9:
+            # TF SAME padding takes any length; the (2, 7, 7) head pool needs ceil(T/8) >= 2.
+            raise SpecError(
+                f"clip_len {self.clip_len} is too short for I3D: its head pools 2 positions in "
+                "time after the /8 down-sampling, so it needs at least 9 frames"
+            )
         if self.frame_step < 1:
             raise SpecError(f"frame_step must be >= 1, got {self.frame_step}")
         if self.resize_mode not in RESIZE_MODES:
