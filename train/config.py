@@ -1,0 +1,182 @@
+"""Training configuration: one dataclass, a YAML/TOML file, and a flag for every field.
+
+Precedence: field defaults < ``--config FILE`` < command-line flags. The flags are generated
+from the dataclass, so every option is available both ways by construction, and an unknown
+key in a config file is an error rather than a silently ignored typo. A run saves the
+resolved configuration as ``config.yaml`` in its output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (the flag for ``foo_bar`` is ``--foo-bar``)."""
+
+    # data
+    train_manifest: str | None = _opt(None, "training manifest (.jsonl/.csv) or class folders")
+    val_manifest: str | None = _opt(None, "validation manifest, scored with the 10-clip protocol")
+    labels: str | None = _opt(None, "label map file (one name per line); default: sorted names")
+    output_dir: str | None = _opt(None, "run folder: checkpoints, metrics, config, labels")
+    # model
+    arch: str = _opt("r2plus1d_18", "architecture when training from scratch")
+    width: float = _opt(1.0, "channel width multiplier (from scratch)")
+    clip_len: int = _opt(8, "frames per clip (8 or 32 in the paper)")
+    frame_step: int = _opt(1, "sampling rate: take every n-th frame")
+    resize_mode: str = _opt("fixed", "frame resizing", ("fixed", "short_edge"))
+    resize_size: list[int] = _opt((128, 171), "H W for fixed, the short side for short_edge")
+    crop_size: int = _opt(112, "random crop size")
+    init_from: str | None = _opt(None, "r21d checkpoint to start from (new classifier)")
+    finetune: str = _opt("full", "what trains", ("full", "fc_only", "linear_probe"))
+    # augmentation and targets
+    flip: bool = _opt(False, "random horizontal flips (not for direction-sensitive classes)")
+    multi_label: str = _opt("sample", "multi-label videos", ("sample", "sigmoid"))
+    sampling: str = _opt("uniform", "video sampling", ("uniform", "sqrt"))
+    # optimisation
+    batch_size: int = _opt(8, "clips per process per step")
+    max_steps: int = _opt(1000, "optimiser steps")
+    base_lr: float = _opt(0.1, "learning rate per 256 clips of global batch (linear scaling)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-4, "SGD weight decay")
+    nesterov: bool = _opt(False, "Nesterov momentum")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    warmup_factor: float = _opt(0.1, "warm-up starts at this fraction of the peak rate")
+    schedule: str = _opt("step", "decay after warm-up", ("step", "cosine"))
+    halvings: int = _opt(13, "times the step schedule halves the rate (the paper: 13)")
+    precision: str = _opt("fp32", "autocast dtype (bf16 on CPU; fp16/bf16 on GPU)",
+                          ("fp32", "bf16", "fp16"))  # fmt: skip
+    # linear probe (finetune=linear_probe)
+    l2: float = _opt(1e-3, "L2 weight of the logistic regression")
+    lbfgs_steps: int = _opt(100, "LBFGS iterations of the logistic regression")
+    # distributed and system
+    device: str = _opt("auto", "cpu, cuda, or auto", ("auto", "cpu", "cuda"))
+    channels_last: bool = _opt(True, "channels_last_3d memory format (faster convs on CPU)")
+    sync_bn: bool = _opt(False, "SyncBatchNorm (GPU only) instead of per-process BN statistics")
+    num_workers: int = _opt(2, "DataLoader decoding workers per process")
+    seed: int = _opt(0, "seed of initialisation, sampling and augmentation")
+    deterministic: bool = _opt(False, "deterministic algorithms (exact resume; slower)")
+    # bookkeeping
+    checkpoint_every: int = _opt(500, "steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = _opt(3, "checkpoints kept in the run folder")
+    val_every: int = _opt(0, "steps between validations (0: only at the end)")
+    val_clips: int = _opt(10, "clips per validation video")
+    log_every: int = _opt(10, "steps between metric lines")
+    progress: bool = _opt(True, "tqdm progress bar")
+    resume: bool = _opt(False, "continue the run in output_dir from its last checkpoint")
+    stop_at_step: int = _opt(0, "end this session at this step with a checkpoint (0: none)")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for missing or contradictory options."""
+        if not self.output_dir:
+            raise ValueError("output_dir is required")
+        if not self.train_manifest:
+            raise ValueError("train_manifest is required")
+        for name in ("batch_size", "max_steps", "clip_len", "frame_step", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["resize_size"] = list(self.resize_size)
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved configuration as YAML (loadable with ``--config``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    text = path.read_text("utf-8")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise ImportError("TOML configs need Python 3.11 or later; use YAML") from None
+
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"{path}: config must be .yaml, .yml or .toml")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: config must be a mapping of option names to values")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown options {unknown}")
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and one flag per :class:`TrainConfig` field (defaults left unset)."""
+    parser.add_argument("--config", help="YAML or TOML file of options (flags override it)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
+        kwargs["help"] = f"{f.metadata['help']} (default: {f.default})"
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs.update(type=int, nargs="+")
+        else:
+            kwargs.update(type=kind, choices=f.metadata.get("choices"))
+        parser.add_argument(flag, **kwargs)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then the flags that were given; validated.
+
+    ``--resume --output-dir RUN`` without ``--config`` reads ``RUN/config.yaml``, the
+    configuration the run was started with.
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    saved = Path(flags.get("output_dir") or ".") / "config.yaml"
+    if not config_file and flags.get("resume") and flags.get("output_dir") and saved.is_file():
+        config_file = saved
+    if config_file:
+        values.update(read_config_file(config_file))
+    values.update(flags)
+    config = TrainConfig(**values)
+    config.resize_size = [int(s) for s in config.resize_size]
+    config.validate()
+    return config
+
+
+def _base_type(hint: Any) -> type:
+    """``str | None`` -> ``str``; ``list[int]`` -> ``list``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint

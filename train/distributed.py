@@ -1,0 +1,69 @@
+"""Process group set-up for ``torchrun``: gloo on CPU, nccl on GPU, one process per device.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them a run is a single
+process and nothing is initialised. Only rank 0 logs, writes checkpoints and validates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process sits in the run."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the ``torchrun`` process group (if any) and pick this process's device."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda asked for, but torch sees no CUDA device")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Context(rank, world_size, dev)
+
+
+def barrier(ctx: Context) -> None:
+    """Wait for every process (no-op in a single-process run)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
+def teardown(ctx: Context) -> None:
+    """Leave the process group."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(value: float, ctx: Context) -> float:
+    """Mean of a scalar over all processes."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.item() / ctx.world_size

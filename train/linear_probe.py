@@ -1,0 +1,113 @@
+"""The paper's "fc-only" evaluation: frozen features, L2-regularised logistic regression.
+
+Features are the backbone's pooled activations (the classifier's input), averaged over the
+10 test-protocol clips of each video. A multinomial logistic regression,
+
+    minimise  mean cross-entropy(W f + b, y)  +  l2 / 2 * ||W||^2
+
+is fitted on them with full-batch L-BFGS (strong Wolfe line search), and its ``W``, ``b``
+become the model's classifier, so the result is an ordinary r21d checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from r21d.infer.decode import VideoError, decode_for_spec
+from r21d.spec import ModelSpec
+from r21d.train.clips import normalize
+from r21d.train.data import VideoRecord
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    records: Sequence[VideoRecord],
+    spec: ModelSpec,
+    *,
+    num_clips: int = 10,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[int]]:
+    """Clip-averaged pooled features ``(V, feature_dim)`` and the indices of the records used.
+
+    Undecodable videos are logged and left out.
+    """
+    model.eval()
+    features, used = [], []
+    for i, record in enumerate(tqdm(records, desc="features", disable=not progress)):
+        try:
+            decoded = decode_for_spec(record.path, spec, num_clips=num_clips)
+        except (VideoError, OSError) as e:
+            log.warning("skipping undecodable video %s: %s", record.path, e)
+            continue
+        x = normalize(decoded.clips, spec).to(device)
+        pooled = model.pool(model.features(x)).flatten(1).float()
+        features.append(pooled.mean(0).cpu())
+        used.append(i)
+    if not features:
+        raise RuntimeError("no video could be decoded for feature extraction")
+    return torch.stack(features), used
+
+
+def fit_logistic_regression(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+    *,
+    l2: float = 1e-3,
+    steps: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(num_classes, D)`` and bias of the L2-regularised multinomial LR (L-BFGS)."""
+    x = features.double()
+    y = targets.long()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS(
+        [weight, bias], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return weight.detach().float(), bias.detach().float()
+
+
+def linear_probe(
+    model: nn.Module,
+    records: Sequence[VideoRecord],
+    spec: ModelSpec,
+    *,
+    l2: float = 1e-3,
+    steps: int = 100,
+    num_clips: int = 10,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> nn.Module:
+    """Fit the classifier of ``model`` by logistic regression on its frozen features.
+
+    A multi-label video contributes one example per label.
+    """
+    features, used = extract_features(
+        model, records, spec, num_clips=num_clips, device=device, progress=progress
+    )
+    rows = [(row, label) for row, i in enumerate(used) for label in records[i].labels]
+    x = features[[r for r, _ in rows]]
+    y = torch.tensor([label for _, label in rows])
+    weight, bias = fit_logistic_regression(x, y, spec.num_classes, l2=l2, steps=steps)
+    with torch.no_grad():
+        model.fc.weight.copy_(weight)
+        model.fc.bias.copy_(bias)
+    return model

@@ -1,0 +1,109 @@
+"""The model a run starts from: from scratch, or from a checkpoint with a new classifier.
+
+Fine-tuning modes (paper s.4, "full fine-tuning" and "fc-only"):
+
+- ``full``: every weight trains; starting from a checkpoint, the backbone weights are loaded
+  and the classifier is re-initialised for the new class count.
+- ``fc_only``: only the classifier trains; the backbone is frozen, including its BatchNorm
+  statistics (its BN layers stay in eval mode while the model trains).
+- ``linear_probe``: no SGD at all; features from the frozen backbone feed an L2-regularised
+  logistic regression (:mod:`r21d.train.linear_probe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from r21d.checkpoint import load_checkpoint, model_tensors
+from r21d.models import build_model, create_spec
+from r21d.spec import ModelSpec
+
+FINETUNE_MODES = ("full", "fc_only", "linear_probe")
+FC_INIT_STD = 0.01  # Caffe2's GaussianFill for the last fc layer; bias 0
+
+
+def training_spec(
+    *,
+    arch: str,
+    label_names: Sequence[str],
+    clip_len: int,
+    width: float = 1.0,
+    frame_step: int = 1,
+    resize_mode: str = "fixed",
+    resize_size: Sequence[int] = (128, 171),
+    crop_size: int = 112,
+    init_from: str | None = None,
+) -> ModelSpec:
+    """The spec of the model a run trains (and of every checkpoint it writes).
+
+    From scratch it comes from the arguments; from a checkpoint, the architecture (and mean,
+    std) come from the checkpoint and the data fields (labels, clip, sampling) from the run.
+    """
+    fields = dict(
+        num_classes=len(label_names),
+        labels=tuple(label_names),
+        clip_len=clip_len,
+        frame_step=frame_step,
+        resize_mode=resize_mode,
+        resize_size=tuple(resize_size),
+        crop_size=crop_size,
+    )
+    if init_from:
+        from r21d.checkpoint import read_spec
+
+        source = read_spec(init_from)
+        provenance = {"fine_tuned_from": str(init_from), "source_spec_name": source.name}
+        return source.replace(head="fc", provenance=provenance, **fields)
+    return create_spec(arch, width=width, provenance={"trained_by": "r21d.train"}, **fields)
+
+
+def build_training_model(
+    spec: ModelSpec, *, init_from: str | None = None, finetune: str = "full"
+) -> nn.Module:
+    """A model for ``spec`` ready to train, with ``finetune``'s parameters trainable.
+
+    With ``init_from`` every backbone tensor of that checkpoint is loaded (strictly: any
+    missing or mis-shaped tensor is an error) and the classifier starts afresh.
+    """
+    if finetune not in FINETUNE_MODES:
+        raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+    if finetune != "full" and not init_from:
+        raise ValueError(f"finetune={finetune} trains only the classifier: give init_from")
+    model = build_model(spec)
+    reset_classifier(model)
+    if init_from:
+        source, _ = load_checkpoint(init_from)
+        backbone = {k: v for k, v in model_tensors(source).items() if not k.startswith("fc.")}
+        expected = {k for k in model_tensors(model) if not k.startswith("fc.")}
+        if set(backbone) != expected:
+            raise ValueError(
+                f"{init_from}: backbone tensors do not match {spec.name}: "
+                f"missing {sorted(expected - set(backbone))[:5]}, "
+                f"unexpected {sorted(set(backbone) - expected)[:5]}"
+            )
+        model.load_state_dict(backbone, strict=False)
+    if finetune != "full":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+    model.finetune = finetune
+    return model
+
+
+def reset_classifier(model: nn.Module) -> None:
+    """Gaussian (std 0.01) classifier weights and zero bias, as Caffe2 initialised them."""
+    with torch.no_grad():
+        nn.init.normal_(model.fc.weight, std=FC_INIT_STD)
+        nn.init.zeros_(model.fc.bias)
+
+
+def set_train_mode(model: nn.Module, finetune: str) -> nn.Module:
+    """``model.train()``, except that fc-only keeps the frozen backbone's BN statistics fixed."""
+    model.train()
+    if finetune != "full":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model

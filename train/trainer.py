@@ -1,0 +1,322 @@
+"""The training loop: data, model, SGD, checkpoints, validation, one or many processes.
+
+``train(config)`` runs in every process of a ``torchrun`` launch (or alone). Each process
+draws its own disjoint share of the common sample stream, computes BN statistics on its own
+clips (the paper; ``sync_bn`` for SyncBatchNorm on GPU), and DistributedDataParallel averages
+gradients, so all ranks hold the same weights after every step. Rank 0 logs, checkpoints and
+validates.
+
+A run folder holds ``config.yaml`` (the resolved options), ``labels.txt`` (the label map),
+``metrics.jsonl``, ``checkpoints/`` (see :mod:`r21d.train.run_state`) and, at the end,
+``model.safetensors``. ``resume`` continues from the newest checkpoint exactly: weights,
+optimiser, step, sampler position and RNG states come back, and the learning rate is a
+function of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from r21d.checkpoint import model_tensors, read_spec, save_checkpoint
+from r21d.spec import ModelSpec
+from r21d.train import distributed
+from r21d.train.config import TrainConfig
+from r21d.train.data import VideoSet, load_label_map, load_video_set, save_label_map
+from r21d.train.dataset import TrainClips
+from r21d.train.evaluate import evaluate_videos
+from r21d.train.linear_probe import linear_probe
+from r21d.train.metrics import MetricsLog
+from r21d.train.model_setup import build_training_model, set_train_mode, training_spec
+from r21d.train.run_state import (
+    checkpoint_paths,
+    list_checkpoints,
+    load_training_state,
+    rng_state,
+    save_run_checkpoint,
+    set_rng_state,
+)
+from r21d.train.sampling import DistributedDrawSampler, class_power_weights
+from r21d.train.schedule import lr_at, peak_lr
+
+log = logging.getLogger(__name__)
+FINAL_MODEL = "model.safetensors"
+
+
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) the training ``config`` describes; returns the final checkpoint path."""
+    config.validate()
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
+    run_dir = Path(cfg.output_dir)
+    train_set, val_set = _load_data(cfg, run_dir)
+    spec = training_spec(
+        arch=cfg.arch,
+        label_names=train_set.label_names,
+        clip_len=cfg.clip_len,
+        width=cfg.width,
+        frame_step=cfg.frame_step,
+        resize_mode=cfg.resize_mode,
+        resize_size=cfg.resize_size,
+        crop_size=cfg.crop_size,
+        init_from=cfg.init_from,
+    )
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    model = build_training_model(spec, init_from=cfg.init_from, finetune=cfg.finetune)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        save_label_map(train_set.label_names, run_dir / "labels.txt")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=ctx.is_main)
+
+    if cfg.finetune == "linear_probe":
+        return _linear_probe(cfg, ctx, model, spec, train_set, val_set, metrics)
+
+    state = _resume(cfg, run_dir, model, spec) if cfg.resume else None
+    model.to(ctx.device)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    if cfg.sync_bn:
+        if ctx.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=0.0,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    start_step, draws = 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_step, draws = state["step"], state["draws"]
+        metrics.truncate_after(start_step)
+        if ctx.is_main:
+            log.info("resumed %s at step %d", run_dir, start_step)
+
+    loader = _loader(cfg, ctx, spec, train_set, start=draws)
+    peak = peak_lr(cfg.base_lr, cfg.batch_size * ctx.world_size)
+    autocast = _autocast(cfg.precision, ctx.device)
+    end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=start_step,
+        desc="train",
+        disable=not (ctx.is_main and cfg.progress),
+        dynamic_ncols=True,
+    )
+    window = _Window()
+    batches = iter(loader)
+    for step in range(start_step, end_step):
+        clips, targets = next(batches)
+        draws += len(clips)
+        clips = clips.to(ctx.device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(ctx.device, non_blocking=True)
+        lr = lr_at(
+            step,
+            peak=peak,
+            total_steps=cfg.max_steps,
+            warmup_steps=cfg.warmup_steps,
+            warmup_factor=cfg.warmup_factor,
+            schedule=cfg.schedule,
+            halvings=cfg.halvings,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        set_train_mode(model, cfg.finetune)
+        with autocast:
+            logits = net(clips)
+        loss = _loss(logits.float(), targets, cfg.multi_label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        window.add(loss.item(), _correct(logits, targets, cfg.multi_label), len(clips))
+
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == end_step:
+            record = window.flush(ctx)
+            record.update(step=done, lr=lr, clips_per_s=record["clips_per_s"] * ctx.world_size)
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['clip_acc']:.2f}")
+        if done % cfg.checkpoint_every == 0 or done == end_step:
+            if ctx.is_main:
+                run_state = {
+                    "step": done,
+                    "draws": draws,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(),
+                    "world_size": ctx.world_size,
+                }
+                save_run_checkpoint(run_dir, done, model, spec, run_state, cfg.keep_checkpoints)
+            distributed.barrier(ctx)
+        if val_set and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):
+            _validate(cfg, ctx, model, spec, val_set, metrics, done)
+    bar.close()
+    del batches  # stop the DataLoader workers
+    final = run_dir / FINAL_MODEL
+    if ctx.is_main and end_step == cfg.max_steps:
+        save_checkpoint(model, spec, final)
+        log.info("wrote %s", final)
+    distributed.barrier(ctx)
+    return final if end_step == cfg.max_steps else checkpoint_paths(run_dir, end_step)[0]
+
+
+def _load_data(cfg: TrainConfig, run_dir: Path) -> tuple[VideoSet, VideoSet | None]:
+    saved = run_dir / "labels.txt"
+    if cfg.resume and saved.is_file():
+        names = load_label_map(saved)
+    elif cfg.labels:
+        names = load_label_map(cfg.labels)
+    else:
+        names = None
+    train_set = load_video_set(cfg.train_manifest, names)
+    val_set = load_video_set(cfg.val_manifest, train_set.label_names) if cfg.val_manifest else None
+    return train_set, val_set
+
+
+def _resume(cfg: TrainConfig, run_dir: Path, model: nn.Module, spec: ModelSpec) -> dict:
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
+    weights, state_path = checkpoint_paths(run_dir, steps[-1])
+    saved_spec = read_spec(weights)
+    if saved_spec != spec:
+        raise ValueError(
+            f"resume: {weights} was trained with a different model spec than this config "
+            "describes (changed arch, clip, labels or preprocessing?)"
+        )
+    tensors = load_file(str(weights))
+    if set(tensors) != set(model_tensors(model)):
+        raise ValueError(f"resume: {weights} does not hold this model's tensors")
+    model.load_state_dict(tensors, strict=False)
+    return load_training_state(state_path)
+
+
+def _loader(
+    cfg: TrainConfig, ctx: distributed.Context, spec: ModelSpec, data: VideoSet, start: int
+) -> DataLoader:
+    weights = None
+    if cfg.sampling == "sqrt":
+        weights = class_power_weights(data.records, data.num_classes, power=0.5)
+    sampler = DistributedDrawSampler(
+        len(data.records),
+        weights=weights,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+        seed=cfg.seed,
+        start=start,
+    )
+    dataset = TrainClips(data.records, spec, flip=cfg.flip, multi_label=cfg.multi_label)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        prefetch_factor=4 if cfg.num_workers else None,
+    )
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs CUDA; use bf16 on CPU")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: str) -> torch.Tensor:
+    if multi_label == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: str) -> int:
+    top = logits.detach().argmax(1)
+    if multi_label == "sigmoid":
+        return int(targets.gather(1, top[:, None]).sum())
+    return int((top == targets).sum())
+
+
+class _Window:
+    """Loss, accuracy and throughput since the last metric line."""
+
+    def __init__(self):
+        self.loss = self.correct = self.clips = self.steps = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss: float, correct: int, clips: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.clips += clips
+        self.steps += 1
+
+    def flush(self, ctx: distributed.Context) -> dict:
+        elapsed = time.perf_counter() - self.since
+        record = {
+            "loss": distributed.all_mean(self.loss / max(1, self.steps), ctx),
+            "clip_acc": distributed.all_mean(self.correct / max(1, self.clips), ctx),
+            "clips_per_s": self.clips / max(elapsed, 1e-9),
+        }
+        self.__init__()
+        return record
+
+
+def _validate(cfg, ctx, model, spec, val_set, metrics, step) -> None:
+    if ctx.is_main:
+        result = evaluate_videos(
+            model, val_set.records, spec, num_clips=cfg.val_clips, device=ctx.device,
+            progress=cfg.progress,
+        )  # fmt: skip
+        metrics.write({"step": step, **result.to_dict()})
+        log.info("step %d: validation video accuracy %.4f", step, result.video_accuracy)
+    distributed.barrier(ctx)
+
+
+def _linear_probe(cfg, ctx, model, spec, train_set, val_set, metrics) -> Path:
+    final = Path(cfg.output_dir) / FINAL_MODEL
+    if ctx.is_main:
+        model.to(ctx.device)
+        linear_probe(
+            model, train_set.records, spec, l2=cfg.l2, steps=cfg.lbfgs_steps,
+            num_clips=cfg.val_clips, device=ctx.device, progress=cfg.progress,
+        )  # fmt: skip
+        save_checkpoint(model, spec, final)
+        if val_set:
+            result = evaluate_videos(
+                model, val_set.records, spec, num_clips=cfg.val_clips, device=ctx.device
+            )
+            metrics.write({"step": 0, **result.to_dict()})
+    distributed.barrier(ctx)
+    return final
