@@ -196,6 +196,9 @@ def _open_reader(path, container, stream, keep: int) -> tuple[FrameReader, Video
     reader = FrameReader(path, container, stream, fps, keep=keep)
     num_frames, source = header_frame_count(path, container, stream, fps)
     width, height = stream.codec_context.width, stream.codec_context.height
+    pixel_aspect = stream.sample_aspect_ratio  # non-square pixels (anamorphic DVD, some phones)
+    if pixel_aspect and pixel_aspect > 0 and pixel_aspect != 1:
+        width = round(width * pixel_aspect)
     if reader.rotation % 180:
         width, height = height, width
     duration = stream_duration(container, stream)

@@ -30,9 +30,9 @@ class VideoInfo:
     ``"decoded"`` (counted by reading the file: demuxing packets when neither is known, or the
     frames actually decoded when the header claimed more than exist). ``fps`` is the average
     rate (frames / duration), also for variable-frame-rate files. ``width`` and ``height`` are
-    the upright (displayed) size, i.e. after the display ``rotation`` (degrees counter-clockwise,
-    as ``frame.rotation`` reports it) is applied. ``start_time`` is the presentation time (s) of
-    the first frame; MPEG-TS streams often start late.
+    the displayed size: non-square pixels stretched to square ones and the display ``rotation``
+    (degrees counter-clockwise, as ``frame.rotation`` reports it) applied. ``start_time`` is
+    the presentation time (s) of the first frame; MPEG-TS streams often start late.
     """
 
     num_frames: int

@@ -112,6 +112,7 @@ def write_video(
     start: float = 0.0,
     faststart: bool = False,
     streamed: bool = False,
+    pixel_aspect: Fraction | None = None,
 ) -> Path:
     """Write a video and return its path.
 
@@ -123,6 +124,7 @@ def write_video(
     ``start`` is the time (s) of the first frame (MPEG-TS files usually start late).
     ``faststart`` puts the MP4 index before the frames, so a truncated copy still opens.
     ``streamed`` writes an MKV as if to a pipe: no frame count, duration or seek index.
+    ``pixel_aspect`` stores non-square pixels (displayed width = width x pixel_aspect).
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -160,6 +162,8 @@ def write_video(
             stream.codec_context.bit_rate = 4_000_000
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        if pixel_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = pixel_aspect
         for image, t in zip(images, times, strict=True):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = round((start + t) / time_base)

@@ -7,6 +7,8 @@ the frames the protocol asks for.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -130,6 +132,17 @@ def test_display_rotation_makes_frames_upright(tmp_path, rotation):
     assert (info.width, info.height) == ((48, 64) if portrait else (64, 48))
     assert out.clips.shape[2:4] == ((128, 96) if portrait else (96, 128))
     assert indices(out.clips, turns=rotation // 90) == expected(out.starts, 4)
+
+
+def test_non_square_pixels_keep_the_displayed_aspect(tmp_path):
+    path = write_video(tmp_path / "wide.mp4", 10, size=(64, 48), pixel_aspect=Fraction(2))
+    info = probe(path)
+    assert (info.width, info.height) == (128, 48)
+    out = decode_clips(
+        path, clip_len=4, num_clips=1, resize_mode="short_edge", resize_size=(48,), crop_size=None
+    )
+    assert out.clips.shape == (1, 4, 48, 128, 3)
+    assert indices(out.clips) == expected(out.starts, 4)
 
 
 def test_real_rotated_clip_comes_out_portrait_and_short(shared_videos):
