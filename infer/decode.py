@@ -25,7 +25,14 @@ from av.video.reformatter import VideoReformatter
 
 from r21d.spec import ModelSpec
 
-from .clips import clip_span, clip_starts, crop_boxes, is_short, resized_shape
+from .clips import (
+    clip_frame_indices,
+    clip_span,
+    clip_starts,
+    crop_boxes,
+    is_short,
+    resized_shape,
+)
 from .frame_reader import FrameReader
 from .video_info import (
     VideoError,
@@ -35,6 +42,11 @@ from .video_info import (
     open_video,
     stream_duration,
 )
+
+Window = list[tuple[int, VideoFrame]]
+"""Consecutive decoded frames with their frame indices."""
+Box = tuple[int, int, int, int]
+"""A crop as (top, left, height, width)."""
 
 __all__ = [
     "DecodedClips",
@@ -109,15 +121,11 @@ def decode_clips(
                     _check_not_truncated(path, reader.end, info)
                     if attempt == 0 and j < num_clips - 1 and reader.end >= span:
                         break  # later windows would start past the end: place them again
-                    frames = reader.read(max(0, reader.end - span), span)
-                    if not frames:
-                        raise VideoError(f"{path}: no frame could be decoded near the end")
+                    frames = _last_window(path, reader, span)
                     starts[j] = frames[0][0]
                 short = short or len(frames) < span
-                for k in range(clip_len):
-                    image = scaler(frames[min(k * frame_step, len(frames) - 1)])
-                    for c, (top, left, h, w) in enumerate(boxes):
-                        clips[j * len(boxes) + c, k] = image[top : top + h, left : left + w]
+                out = clips[j * len(boxes) : (j + 1) * len(boxes)]
+                _cut_crops(out, frames, frame_step, scaler, boxes)
                 scaler.forget_before(frames[0][0])
             else:
                 break
@@ -181,13 +189,10 @@ def decode_window(
         frames = reader.read(start, span)
         if len(frames) < span and reader.end is not None:
             _check_not_truncated(path, reader.end, info)
-            frames = reader.read(max(0, reader.end - span), span)
-        if not frames:
-            raise VideoError(f"{path}: no frame could be decoded near frame {start}")
-        out = np.empty((clip_len, height, width, 3), dtype=np.uint8)
-        for k in range(clip_len):
-            out[k] = scaler(frames[min(k * frame_step, len(frames) - 1)])
-        return out
+            frames = _last_window(path, reader, span)
+        out = np.empty((1, clip_len, height, width, 3), dtype=np.uint8)
+        _cut_crops(out, frames, frame_step, scaler, [(0, 0, height, width)])
+        return out[0]
 
 
 def _open_reader(path, container, stream, keep: int) -> tuple[FrameReader, VideoInfo]:
@@ -229,6 +234,30 @@ def _check_not_truncated(path: str | Path, end: int, info: VideoInfo) -> None:
             f"{path}: only {end} frames could be decoded but {claim} {info.num_frames} "
             "(truncated or damaged file)"
         )
+
+
+def _last_window(path: str | Path, reader: FrameReader, span: int) -> Window:
+    """The last ``span`` frames of a stream whose end is known (all of them if fewer)."""
+    assert reader.end is not None
+    frames = reader.read(max(0, reader.end - span), span)
+    if not frames:
+        raise VideoError(f"{path}: no frame could be decoded near the end")
+    return frames
+
+
+def _cut_crops(
+    out: np.ndarray, frames: Window, frame_step: int, scaler: _Scaler, boxes: list[Box]
+) -> None:
+    """Fill ``out`` (crops, clip_len, h, w, 3) from one window of frames.
+
+    Frame k of the clip is window frame ``k * frame_step``; past the end of a short window the
+    last frame is repeated (:func:`.clips.clip_frame_indices`).
+    """
+    clip_len = out.shape[1]
+    for k, index in enumerate(clip_frame_indices(0, clip_len, frame_step, len(frames))):
+        image = scaler(frames[index])
+        for c, (top, left, h, w) in enumerate(boxes):
+            out[c, k] = image[top : top + h, left : left + w]
 
 
 class _Scaler:
