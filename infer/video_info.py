@@ -76,7 +76,7 @@ def open_video(path: str | Path) -> Iterator[tuple[InputContainer, VideoStream]]
 def frame_rate(path: str | Path, stream: VideoStream) -> Fraction:
     """Average frame rate of the stream (falls back to the guessed and base rates)."""
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and 0 < rate < 1000:
+        if rate is not None and rate > 0:
             return Fraction(rate)
     raise VideoError(f"{path}: the video stream has no usable frame rate")
 

@@ -193,6 +193,8 @@ def test_short_video_repeats_its_last_frame(tmp_path):
     out = decode_clips(path, clip_len=8, num_clips=3, crop_size=None)
     assert out.short and out.starts == [0, 0, 0]
     assert indices(out.clips) == [[0, 1, 2, 3, 4, 4, 4, 4]] * 3
+    still = decode_clips(write_video(tmp_path / "still.mkv", 1), clip_len=8, num_clips=2)
+    assert still.short and still.info.num_frames == 1 and still.clips.shape == (2, 8, 112, 112, 3)
 
 
 def cut_after_packet(path, keep: int, out):
