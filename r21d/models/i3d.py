@@ -191,7 +191,7 @@ class I3D(nn.Module):
         self.backbone = nn.Sequential(layers)
         self.feature_dim = in_ch
         self.pool = nn.AvgPool3d((2, 7, 7), stride=1)
-        self.dropout = nn.Dropout(dropout)  # training only; DeepMind evaluates with keep 1.0
+        self.dropout = nn.Dropout(dropout)  # fine-tuning only (our default); eval: identity
         self.logits = nn.Conv3d(in_ch, num_classes, 1, bias=True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
