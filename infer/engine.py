@@ -179,11 +179,19 @@ def _decode_worker(tasks, results, current, spec: ModelSpec, options: ScoreOptio
     """Worker process: decode tasks ``(index, path)`` until ``None``; exit if the parent dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     parent = mp.parent_process()
+
+    def orphaned() -> bool:
+        """True when the main process is gone (kill -9): exit without flushing to nobody."""
+        if parent is None or parent.is_alive():
+            return False
+        results.cancel_join_thread()
+        return True
+
     while True:
         try:
             task = tasks.get(timeout=POLL_S)
         except queue.Empty:
-            if parent is not None and not parent.is_alive():
+            if orphaned():
                 return
             continue
         if task is None:
@@ -196,7 +204,7 @@ def _decode_worker(tasks, results, current, spec: ModelSpec, options: ScoreOptio
                 results.put(item, timeout=POLL_S)
                 break
             except queue.Full:
-                if parent is not None and not parent.is_alive():
+                if orphaned():
                     return
         current.value = -1
 
@@ -317,14 +325,14 @@ class _BatchPacker:
     def flush(self) -> Iterator[VideoResult]:
         """Run every clip still waiting (short or padded last batches)."""
         for shape in list(self._buckets):
-            while self._counts[shape]:
+            while self._counts.get(shape, 0):
                 yield from self._run(shape, min(self.batch_size, self._counts[shape]))
 
     def _run(self, shape, n: int) -> Iterator[VideoResult]:
         bucket = self._buckets[shape]
         items = [bucket.popleft() for _ in range(n)]
         self._counts[shape] -= n
-        if not self._counts[shape]:
+        if not self._counts[shape]:  # forget emptied shapes (full frames come in many)
             del self._counts[shape], self._buckets[shape]
         frames = np.stack([clips[i] for _, i, clips in items])
         fixed = self.backend.fixed_batch

@@ -1,0 +1,180 @@
+"""``r21d score`` and ``r21d extract``: inputs, output formats, and resuming after kills."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import write_video
+
+from r21d.checkpoint import save_checkpoint
+from r21d.cli import main
+from r21d.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def checkpoint(tiny_spec, tmp_path):
+    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
+
+
+def _video(path: Path, frames: int = 32, seed: int = 0) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, frames, size=(160, 120), pattern="moving_square", seed=seed)
+    return str(path)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_score_a_folder_to_jsonl(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    videos = [
+        _video(folder / "a.mp4"),
+        _video(folder / "sub" / "b.MKV", seed=1),  # recursive, any case of the extension
+        _video(folder / "short.mp4", frames=5, seed=2),  # shorter than one 8-frame clip
+    ]
+    (folder / "readme.txt").write_text("not a video")
+    out = tmp_path / "results.jsonl"
+    args = ["score", str(folder), "--model", str(checkpoint), "-o", str(out)]
+    rc = main([*args, "--top-k", "3", "--clips", "2", "--workers", "1"])
+
+    assert rc == 0
+    records = {r["path"]: r for r in _records(out)}
+    assert sorted(records) == sorted(videos)
+    for path, record in records.items():
+        assert record["status"] == "ok" and record["error"] is None
+        probs = [t["prob"] for t in record["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) < 1
+        assert {t["label"] for t in record["top_k"]} <= set("abcde")
+        assert record["clips"] == 2 and record["frames_decoded"] >= 5
+        assert record["short"] == path.endswith("short.mp4")
+        assert record["model"] == "tiny.safetensors"
+        assert record["decode_s"] > 0 and record["model_s"] > 0
+    assert records[videos[0]]["duration"] == pytest.approx(32 / 25, abs=0.05)
+    printed = capsys.readouterr().out
+    assert all(f"{path}: " in printed for path in videos)  # few videos: top labels printed
+
+    rc = main([*args, "--top-k", "3", "--clips", "2", "--workers", "1"])  # nothing left to do
+    assert rc == 0 and len(_records(out)) == 3
+    assert "skipped 3" in capsys.readouterr().err
+
+
+def test_list_files_csv_output_and_errors(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = _video(tmp_path / "v" / "one.mp4"), _video(tmp_path / "v" / "two.avi", seed=3)
+    Path("list.txt").write_text(f"# my videos\nv/one.mp4\n\n{tmp_path / 'v' / 'gone.mp4'}\n")
+    Path("more.txt").write_text(f"{second}\n{first}\n")  # first again: scored once
+    out = tmp_path / "scores.csv"
+    rc = main(
+        ["score", "@list.txt", "--list", "more.txt", "--model", str(checkpoint),
+         "-o", str(out), "--top-k", "2", "--clips", "1", "--workers", "1"]
+    )  # fmt: skip
+
+    assert rc == 1  # one video failed
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = {row["path"]: row for row in reader}
+        assert reader.fieldnames[:6] == ["path", "status", "label_1", "prob_1", "label_2", "prob_2"]
+    assert sorted(rows) == sorted([first, second, str(tmp_path / "v" / "gone.mp4")])
+    assert rows[first]["status"] == "ok" and float(rows[first]["prob_1"]) >= float(
+        rows[first]["prob_2"]
+    )
+    assert rows[first]["label_1"] in "abcde" and rows[first]["clips"] == "1"
+    gone = rows[str(tmp_path / "v" / "gone.mp4")]
+    assert gone["status"] == "error" and "gone.mp4" in gone["error"] and gone["label_1"] == ""
+
+
+def test_resuming_with_another_model_is_refused_and_overwrite_starts_over(
+    checkpoint, tmp_path, capsys
+):
+    video = _video(tmp_path / "v.mp4")
+    out = tmp_path / "r.jsonl"
+    base = ["score", video, "-o", str(out), "--clips", "1", "--workers", "0"]
+    assert main([*base, "--model", str(checkpoint)]) == 0
+    other = checkpoint.with_name("other.safetensors")
+    other.write_bytes(checkpoint.read_bytes())
+    assert main([*base, "--model", str(other)]) == 2
+    assert "holds results of tiny.safetensors" in capsys.readouterr().err
+    assert main([*base, "--model", str(other), "--overwrite"]) == 0
+    assert [r["model"] for r in _records(out)] == ["other.safetensors"]
+    assert main(["score", str(tmp_path / "nowhere"), "--model", str(checkpoint)]) == 2
+
+
+def test_extract_writes_clip_and_video_features(checkpoint, tmp_path, tiny_spec):
+    videos = [_video(tmp_path / "in" / f"{name}.mp4", seed=i) for i, name in enumerate("xy")]
+    (tmp_path / "in" / "bad.mp4").write_bytes(b"")
+    out = tmp_path / "features"
+    args = ["extract", str(tmp_path / "in"), "--model", str(checkpoint), "-o", str(out)]
+    assert main([*args, "--clips", "3", "--workers", "1"]) == 1
+
+    index = {r["path"]: r for r in _records(out / "index.jsonl")}
+    assert len(index) == 3
+    dim = build_model(tiny_spec).feature_dim
+    for video in videos:
+        record = index[video]
+        assert record["status"] == "ok" and (record["clips"], record["dim"]) == (3, dim)
+        with np.load(out / record["file"], allow_pickle=False) as data:
+            clip_features = data["clip_features"]
+            assert clip_features.shape == (3, dim) and clip_features.dtype == np.float32
+            np.testing.assert_allclose(data["video_feature"], clip_features.mean(0), rtol=1e-6)
+    assert index[str(tmp_path / "in" / "bad.mp4")]["file"] is None
+    assert main([*args, "--clips", "3", "--workers", "1"]) == 0  # resumed: nothing to redo
+    assert len(_records(out / "index.jsonl")) == 3
+
+
+def _start_and_stop(folder: Path, checkpoint: Path, out: Path, sig: int) -> int:
+    """Run ``python -m r21d score`` and send ``sig`` once two records are on disk."""
+    command = [
+        sys.executable, "-m", "r21d", "score", str(folder), "--model", str(checkpoint),
+        "-o", str(out), "--workers", "1", "--batch-size", "1", "--clips", "1",
+    ]  # fmt: skip
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, out.with_suffix(".log").read_text()
+        os.kill(process.pid, sig)
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_an_interrupted_run_resumes_without_losing_or_repeating_videos(checkpoint, tmp_path, sig):
+    folder = tmp_path / "videos"
+    videos = [_video(folder / f"clip{i}.mp4", frames=24, seed=i) for i in range(8)]
+    out = tmp_path / "results.jsonl"
+
+    rc = _start_and_stop(folder, checkpoint, out, sig)
+    if sig == signal.SIGINT:
+        assert rc == 130
+        assert "interrupted; run again to resume" in out.with_suffix(".log").read_text()
+    else:
+        assert rc == -signal.SIGKILL
+    with open(out, "rb") as f:  # a kill may leave half a line; resuming must cut it
+        done = [json.loads(line) for line in f.read().split(b"\n")[:-1]]
+    assert 2 <= len(done) < len(videos)
+
+    rc = main(["score", str(folder), "--model", str(checkpoint), "-o", str(out),
+               "--workers", "1", "--clips", "1"])  # fmt: skip
+    assert rc == 0
+    paths = [r["path"] for r in _records(out)]
+    assert sorted(paths) == sorted(videos)  # every video exactly once
+    assert paths[: len(done)] == [r["path"] for r in done]  # earlier records kept as they were
