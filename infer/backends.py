@@ -14,14 +14,13 @@ so the session's active providers are checked after it is created.
 
 from __future__ import annotations
 
-import json
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-from r21d.spec import SPEC_KEY, ModelSpec
+from r21d.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -365,32 +364,31 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """A serialised TensorRT engine (TensorRT 10/11 API) with its ``<engine>.json`` spec.
+    """A serialised TensorRT engine (TensorRT 10/11 API) with its ``<engine>.json`` record.
 
-    Buffers are torch CUDA tensors (no pycuda); inputs are set with ``set_input_shape`` and
-    ``set_tensor_address`` and run with ``execute_async_v3`` on torch's current stream. The
-    engine's optimisation profile bounds the batch size (one fixed size when min == max).
+    The record (:mod:`r21d.export.tensorrt`) holds the spec and the precision and is checked
+    against the engine's hash. Buffers are torch CUDA tensors (no pycuda); inputs are set with
+    ``set_input_shape`` and ``set_tensor_address`` and run with ``execute_async_v3`` on torch's
+    current stream. The engine's optimisation profile bounds the batch size (one fixed size
+    when min == max).
     """
 
     name = "tensorrt"
 
     def __init__(self, path: Path, device: str, precision: str | None):
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise BackendError(
-                "the tensorrt backend needs the TensorRT Python package (pip install tensorrt, "
-                "on a machine with an NVIDIA GPU)"
-            ) from None
+        from r21d.export.tensorrt import import_tensorrt, read_engine_record
+
+        trt = import_tensorrt()  # a one-line ImportError where TensorRT is not installed
         import torch
 
         if device == "cpu":
             device = "cuda:0"
         if not torch.cuda.is_available():
             raise BackendError("the tensorrt backend needs a CUDA GPU and a CUDA build of torch")
-        self.spec, meta = read_engine_spec(path)
+        record = read_engine_record(path)
+        self.spec = ModelSpec.from_dict(record["spec"])
         self.device = device
-        self.precision = meta.get("precision", "fp32")
+        self.precision = record.get("precision", "fp32")
         if precision is not None and precision != self.precision:
             raise BackendError(
                 f"this engine was built for {self.precision}; a TensorRT engine runs in the "
@@ -469,37 +467,3 @@ class TensorRTBackend(Backend):
                 buffers["probs"].float().cpu().numpy(),
                 buffers["features"].float().cpu().numpy(),
             )
-
-
-def engine_spec_path(path: str | Path) -> Path:
-    """The JSON file beside a TensorRT engine that holds its spec (``model.engine.json``)."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def read_engine_spec(path: str | Path) -> tuple[ModelSpec, dict]:
-    """The spec of a TensorRT engine and the rest of its JSON sidecar (precision, versions).
-
-    The sidecar is ``<engine>.json`` (``model.engine.json``; ``model.json`` also accepted)
-    holding either ``{"r21d.spec": {...}, ...}``, ``{"spec": {...}, ...}`` or the spec itself.
-    """
-    path = Path(path)
-    candidates = [engine_spec_path(path), path.with_suffix(".json")]
-    sidecar = next((p for p in candidates if p.is_file()), None)
-    if sidecar is None:
-        raise FileNotFoundError(
-            f"no spec beside the engine {path} (looked for {candidates[0].name} and "
-            f"{candidates[1].name}); a TensorRT engine carries its spec in that JSON file"
-        )
-    try:
-        data = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{sidecar}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{sidecar}: expected a JSON object")
-    for key in (SPEC_KEY, "spec"):
-        if key in data:
-            spec = data[key]
-            spec = ModelSpec.from_json(spec) if isinstance(spec, str) else ModelSpec.from_dict(spec)
-            return spec, {k: v for k, v in data.items() if k != key}
-    return ModelSpec.from_dict(data), {}
