@@ -9,7 +9,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_helpers import PARITY_SHAPES, spread_weights
 
 from r21d.export import FullyConvolutional
 from r21d.export import onnx as onnx_export
@@ -17,6 +16,8 @@ from r21d.export.inspect import load_onnx_info
 from r21d.export.onnx import ParityError, default_parity_shapes, export_onnx, validate_onnx
 from r21d.models import build_model, create_spec
 from r21d.spec import SPEC_KEY, ModelSpec
+
+PARITY_SHAPES = [(1, 8, 112, 112), (3, 16, 128, 171), (2, 32, 112, 112)]
 
 
 def run_both(path, model, spec, input_format, shapes, logits_map=False):
@@ -118,10 +119,10 @@ def test_parity_failure_deletes_the_file(tiny_model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_validation_catches_a_different_model(tiny_onnx, tiny_model):
+def test_validation_catches_a_different_model(tiny_onnx, tiny_model, spread):
     path, _ = tiny_onnx
     model, spec = tiny_model
-    other = spread_weights(build_model(spec), seed=1)
+    other = spread(build_model(spec), seed=1)
     with pytest.raises(ParityError, match="tolerance 0.0001"):
         validate_onnx(path, FullyConvolutional(other, spec), "fp32", [(1, 8, 112, 112)])
 
@@ -137,11 +138,11 @@ def test_bad_arguments_are_refused_before_exporting(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_size_r2plus1d_18_parity(tmp_path):
+def test_real_size_r2plus1d_18_parity(tmp_path, spread):
     """One real-size export (random weights, 400 classes) at the three standard shapes."""
     spec = create_spec("r2plus1d_18", 400, 8)
     torch.manual_seed(0)
-    model = spread_weights(build_model(spec))
+    model = spread(build_model(spec))
     report = export_onnx((model, spec), tmp_path / "r2plus1d_18.onnx")
     rows = report.parity["rows"]
     assert [tuple(r["shape"]) for r in rows] == PARITY_SHAPES
