@@ -1,0 +1,144 @@
+"""Backend variants (backend x precision x memory format) and opening them on a model.
+
+A variant is written ``backend:precision[:cl]`` on the command line, e.g. ``torch:bf16:cl``
+(PyTorch, bfloat16, channels_last_3d) or ``onnxruntime:fp32``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from r21d.benchmarks.ceiling import precision_supported
+from r21d.benchmarks.models import BenchModel
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    precision: str
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}:{self.precision}" + (":cl" if self.channels_last else "")
+
+    @property
+    def is_reference(self) -> bool:
+        """Torch fp32 eager, the variant every ratio is taken against."""
+        return self == REFERENCE
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        parts = text.strip().split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "cl"):
+            raise ValueError(f"variant {text!r} is not backend:precision[:cl]")
+        if parts[0] not in BACKENDS:
+            raise ValueError(f"variant {text!r}: backend must be one of {BACKENDS}")
+        if parts[1] not in PRECISIONS:
+            raise ValueError(f"variant {text!r}: precision must be one of {PRECISIONS}")
+        if len(parts) == 3 and parts[0] != "torch":
+            raise ValueError(f"variant {text!r}: channels_last applies to the torch backend only")
+        return cls(parts[0], parts[1], len(parts) == 3)
+
+
+REFERENCE = Variant("torch", "fp32")
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """Comma-separated variants; the reference (torch:fp32) is always included, first."""
+    variants = [Variant.parse(t) for t in text.split(",") if t.strip()]
+    return [REFERENCE] + [v for v in dict.fromkeys(variants) if v != REFERENCE]
+
+
+def default_variants(device: str) -> list[Variant]:
+    """Every variant worth timing on ``device``, dropping what it cannot run."""
+    candidates = [
+        REFERENCE,
+        Variant("torch", "fp32", True),
+        Variant("torch", "bf16", True),
+        Variant("torch", "fp16", True),
+        Variant("onnxruntime", "fp32"),
+    ]
+    if device.startswith("cuda"):
+        candidates += [Variant("onnxruntime", "fp16"), Variant("tensorrt", "fp16")]
+    return [v for v in candidates if variant_available(v, device)[0]]
+
+
+def variant_available(variant: Variant, device: str) -> tuple[bool, str]:
+    """(True, "") or (False, why not) for running ``variant`` on ``device``."""
+    if not precision_supported(variant.precision, device):
+        return False, f"{device} has no native {variant.precision}"
+    if variant.backend == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return False, "onnxruntime is not installed"
+        if device.startswith("cuda"):
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return False, "onnxruntime has no CUDAExecutionProvider here"
+    if variant.backend == "tensorrt":
+        if not device.startswith("cuda"):
+            return False, "TensorRT needs a CUDA device"
+        if importlib.util.find_spec("tensorrt") is None:
+            return False, "tensorrt is not installed"
+    return True, ""
+
+
+def open_variant(model: BenchModel, variant: Variant, device: str):
+    """An inference backend for ``model`` as ``variant`` describes; ``.run(uint8 frames
+    (N, T, H, W, 3)) -> (probs, features)``.
+
+    onnxruntime and TensorRT need an exported graph: it is built on first use into an
+    ``exports`` folder beside the checkpoint and reused while newer than the checkpoint.
+    """
+    from r21d.infer.backends import open_backend
+
+    path = model.checkpoint
+    if variant.backend in ("onnxruntime", "tensorrt"):
+        path = exported_onnx(model, variant.precision)
+    if variant.backend == "tensorrt":
+        path = built_engine(path, variant.precision)
+    return open_backend(
+        path,
+        backend=variant.backend,
+        device=device,
+        precision=variant.precision,
+        channels_last=variant.channels_last,
+    )
+
+
+def _fresh(artefact: Path, source: Path) -> bool:
+    return artefact.is_file() and artefact.stat().st_mtime >= source.stat().st_mtime
+
+
+def exported_onnx(model: BenchModel, precision: str) -> Path:
+    """The model's uint8-input ONNX graph in ``precision`` (exported once, then cached).
+
+    Export-time validation is skipped: numerical agreement is what ``r21d bench parity``
+    measures, on real clips.
+    """
+    from r21d.export.onnx import export_onnx
+
+    if precision == "bf16":
+        raise ValueError("no bf16 ONNX graphs: onnxruntime runs fp32 or fp16 graphs")
+    out = model.checkpoint.parent / "exports" / f"{model.checkpoint.stem}.{precision}.onnx"
+    if not _fresh(out, model.checkpoint):
+        export_onnx(model.checkpoint, out, precision=precision, validate=False)
+    return out
+
+
+def built_engine(onnx_path: Path, precision: str) -> Path:
+    """A TensorRT engine for ``onnx_path`` (built once with the default optimisation profile
+    and a timing cache, then reused while newer than the graph)."""
+    from r21d.export.tensorrt import build_engine
+
+    engine = onnx_path.with_suffix(".engine")
+    if not _fresh(engine, onnx_path):
+        cache = onnx_path.parent / "tensorrt.timing-cache"
+        build_engine(onnx_path, engine, precision=precision, timing_cache=cache)
+    return engine
