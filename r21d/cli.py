@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "r21d.train.cli",  # r21d train, r21d data
     "r21d.infer.cli",  # r21d score, r21d extract
     "r21d.export.cli",  # r21d export onnx, r21d export trt
+    "r21d.benchmarks.cli",  # r21d bench
 )
 
 
