@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from r21d.benchmarks.baseline_pipeline import score_video
@@ -46,8 +45,8 @@ def run_baseline(model: BenchModel, videos: list[Path], settings: BaselineSettin
     from r21d.checkpoint import load_checkpoint
 
     net, spec = load_checkpoint(model.checkpoint, device=settings.device)
-    with torch.no_grad():  # warm-up: first-call allocations are not the baseline's fault
-        score_video(videos[0], net, spec, num_clips=1, device=settings.device)
+    # Warm-up (first-call allocations are neither pipeline's fault): the first video, untimed.
+    score_video(videos[0], net, spec, settings.num_clips, settings.device)
     probs = {}
     start = time.perf_counter()
     for video in tqdm(videos, desc="baseline", unit="video", leave=False):
@@ -63,7 +62,7 @@ def run_engine(model: BenchModel, videos: list[Path], variant: Variant, settings
     backend = open_variant(model, variant, settings.device)
     workers = default_workers() if settings.workers is None else settings.workers
     options = ScoreOptions(num_clips=settings.num_clips, workers=workers)
-    list(score_videos([str(videos[0])], backend, ScoreOptions(num_clips=1, workers=0)))
+    list(score_videos([str(videos[0])], backend, options))  # warm-up, as for the baseline
     start = time.perf_counter()
     results = list(score_videos([str(v) for v in videos], backend, options))
     wall = time.perf_counter() - start

@@ -165,6 +165,27 @@ def _add_ratios(rows: list[dict], ceilings: dict[str, dict]) -> None:
         r["vs_torch_fp32"] = r["clips_per_s"] / ref if ref else None
 
 
+DESIGN_FIGURES: dict[tuple[str, str], float] = {
+    ("r2plus1d_18 8f", "torch:fp32"): 3.7,
+    ("r2plus1d_18 8f", "torch:fp32:cl"): 4.0,
+    ("r2plus1d_18 8f", "torch:bf16:cl"): 9.0,
+    ("r2plus1d_18 8f", "onnxruntime:fp32"): 4.3,
+    ("r2plus1d_34 32f", "torch:fp32"): 0.47,
+    ("r2plus1d_34 32f", "torch:fp32:cl"): 0.57,
+    ("r2plus1d_34 32f", "torch:bf16:cl"): 1.16,
+    ("r2plus1d_34 32f", "onnxruntime:fp32"): 0.62,
+}
+"""Clips/s of DESIGN.md section 9 (2-core AVX-512 CPU, torch 2.13, batch 1, clip x 112 x 112),
+shown beside CPU results of the same configuration."""
+
+
+def design_figure(row: dict, device: str) -> float | None:
+    """The DESIGN.md s.9 clips/s for ``row``'s configuration, where there is one."""
+    if device != "cpu" or (row["batch"], row["height"], row["width"]) != (1, 112, 112):
+        return None
+    return DESIGN_FIGURES.get((row["model"], row["variant"]))
+
+
 COLUMNS = [
     ("model", "model"),
     ("variant", "variant"),
@@ -175,6 +196,7 @@ COLUMNS = [
     ("p99_ms", "p99 ms"),
     ("clips_per_s", "clips/s"),
     ("vs_torch_fp32", "x torch fp32"),
+    ("design_clips_per_s", "DESIGN s.9 clips/s"),
     ("gflop_per_clip", "GFLOP/clip"),
     ("gflops", "GFLOP/s"),
     ("ceiling_pct", "% of matmul ceiling"),
@@ -186,6 +208,7 @@ def _report(rows, skipped, ceilings, settings: ModelBenchSettings) -> Report:
     for r in rows:
         r["shape"] = f"{r['frames']}x{r['height']}x{r['width']}"
         r["ceiling_pct"] = 100 * r["ceiling_fraction"]
+        r["design_clips_per_s"] = design_figure(r, settings.device)
     report = Report(
         name="model",
         title="Model latency and throughput",

@@ -1,0 +1,254 @@
+"""``r21d bench``: run the benchmarks and write their reports (see benchmarks/README.md).
+
+r21d bench all [--quick] [--device cuda] [--out DIR]     every benchmark, one index
+r21d bench model [--variants ...] [--batch-sizes ...]      latency and throughput
+r21d bench pipeline [--model M] [--variant V]              engine against the model alone
+r21d bench baseline [--model M] [--videos ...]             r21d score against the ports' way
+r21d bench parity [--model M] [--variants ...]             backends/precisions vs torch fp32
+r21d bench accuracy --manifest labels.csv --model M        accuracy per protocol choice
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``112x112,128x171`` -> ((112, 112), (128, 171))."""
+    try:
+        return tuple(
+            (int(h), int(w)) for h, w in (part.lower().split("x") for part in text.split(","))
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW[,HxW...], got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,4; got {text!r}") from None
+
+
+def _model_names(text: str) -> list[tuple[str, int]]:
+    """``r2plus1d_18:8,r2plus1d_34:32`` -> [(name, clip_len), ...]."""
+    out = []
+    for part in text.split(","):
+        name, _, clip = part.partition(":")
+        if not clip.isdigit():
+            raise argparse.ArgumentTypeError(f"expected NAME:CLIP_LEN, got {part!r}")
+        out.append((name, int(clip)))
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default benchmarks/results, or benchmarks/results/gpu-<device>)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="built models and synthetic videos (default $R21D_BENCH_CACHE or ~/.cache/r21d/bench)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model, tiny videos, 1-2 repeats: checks the benchmark runs",
+    )
+
+
+def _model_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--model", type=Path, help=f"checkpoint to use (default: {what})")
+
+
+def _videos_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--videos",
+        nargs="+",
+        type=Path,
+        help="videos to use (default: the real clips in ../shared/videos and a "
+        "synthetic 10-second video)",
+    )
+
+
+def register(subparsers) -> None:
+    """Add ``r21d bench`` and its subcommands."""
+    from r21d.benchmarks.run_all import BENCHMARKS
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks: speed, pipeline, baseline, parity, accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    p = sub.add_parser("all", help="every benchmark, reports and an index.md in one folder")
+    _common(p)
+    p.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)}",
+    )
+    p.set_defaults(func=_all)
+
+    p = sub.add_parser("model", help="latency/throughput per backend, precision and shape")
+    _common(p)
+    p.add_argument(
+        "--models",
+        type=_model_names,
+        help="NAME:CLIP_LEN list of random-weight models (default: r2plus1d_18 and "
+        "r2plus1d_34 at 8 and 32 frames)",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, action="append", help="time this checkpoint instead (repeatable)"
+    )
+    p.add_argument(
+        "--variants",
+        help="backend:precision[:cl] list, e.g. "
+        "torch:fp32:cl,torch:bf16:cl,onnxruntime:fp32 (default: all that run here)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=_ints, help="e.g. 1,4 (first: all models; rest: the first model only)"
+    )
+    p.add_argument("--frame-sizes", type=_sizes, help="e.g. 112x112,128x171")
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--max-seconds", type=float, help="stop repeating a config after this long")
+    p.set_defaults(func=_model)
+
+    p = sub.add_parser("pipeline", help="engine videos/s against the model alone; decoding")
+    _common(p)
+    _model_arg(p, "R(2+1)D-18 8 frames, random weights")
+    _videos_arg(p)
+    p.add_argument("--variant", default="torch:fp32", help="backend:precision[:cl]")
+    p.add_argument("--workers", type=int, help="decode processes (default: the engine's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--long-seconds", type=float, help="length of the long video (default 600)")
+    p.set_defaults(func=_pipeline)
+
+    p = sub.add_parser("baseline", help="r21d score against the public ports' pipeline")
+    _common(p)
+    _model_arg(p, "R(2+1)D-18 8 frames, random weights")
+    _videos_arg(p)
+    p.add_argument("--variants", help="engine variants (default torch:fp32 and the fastest)")
+    p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("parity", help="every backend/precision against torch fp32")
+    _common(p)
+    _model_arg(p, "the downloaded Kinetics-400 I3D, else R(2+1)D-18 8 frames random")
+    _videos_arg(p)
+    p.add_argument("--variants", help="variants to compare (default: all that exist here)")
+    p.set_defaults(func=_parity)
+
+    p = sub.add_parser("accuracy", help="top-1/top-5 per clips, resize and head")
+    _common(p)
+    p.add_argument("--manifest", type=Path, required=True, help="CSV of path,label rows")
+    p.add_argument("--model", type=Path, required=True, help="trained checkpoint")
+    p.add_argument("--variant", default="torch:fp32", help="backend:precision[:cl]")
+    p.set_defaults(func=_accuracy)
+
+
+def _suite(args):
+    from r21d.benchmarks.models import DEFAULT_CACHE
+    from r21d.benchmarks.run_all import Suite, default_out
+
+    suite = Suite(args.device, args.cache_dir or DEFAULT_CACHE, args.quick)
+    out = args.out or default_out(args.device)
+    return suite, out
+
+
+def _real(path):
+    from r21d.benchmarks.models import real_model
+
+    return None if path is None else real_model(path)
+
+
+def _all(args) -> int:
+    from r21d.benchmarks.models import DEFAULT_CACHE
+    from r21d.benchmarks.run_all import run_all
+
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    return run_all(
+        args.out,
+        device=args.device,
+        quick=args.quick,
+        cache_dir=args.cache_dir or DEFAULT_CACHE,
+        only=only,
+    )
+
+
+def _model(args) -> int:
+    from r21d.benchmarks.models import random_checkpoint, real_model
+    from r21d.benchmarks.run_all import bench_model, publish
+    from r21d.benchmarks.variants import parse_variants
+
+    suite, out = _suite(args)
+    settings = suite.model_settings()
+    if args.variants:
+        settings.variants = parse_variants(args.variants)
+    for name in ("batch_sizes", "frame_sizes", "warmup", "repeats", "max_seconds"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    if args.checkpoint:
+        models = [real_model(p) for p in args.checkpoint]
+    elif args.models:
+        models = [random_checkpoint(n, c, suite.cache_dir) for n, c in args.models]
+    else:
+        models = None
+    publish(bench_model(suite, out, models, settings), out)
+    return 0
+
+
+def _pipeline(args) -> int:
+    from r21d.benchmarks.run_all import bench_pipeline, publish
+    from r21d.benchmarks.variants import Variant
+
+    suite, out = _suite(args)
+    settings = suite.pipeline_settings()
+    settings.variant = Variant.parse(args.variant)
+    for name in ("workers", "batch_size", "repeats", "long_seconds"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    publish(bench_pipeline(suite, out, _real(args.model), settings, args.videos), out)
+    return 0
+
+
+def _baseline(args) -> int:
+    from r21d.benchmarks.run_all import bench_baseline, publish
+    from r21d.benchmarks.variants import parse_variants
+
+    suite, out = _suite(args)
+    settings = suite.baseline_settings()
+    if args.variants:
+        settings.variants = parse_variants(args.variants)
+    publish(bench_baseline(suite, out, _real(args.model), settings, args.videos), out)
+    return 0
+
+
+def _parity(args) -> int:
+    from r21d.benchmarks.run_all import bench_parity, publish
+    from r21d.benchmarks.variants import REFERENCE, parse_variants
+
+    suite, out = _suite(args)
+    settings = suite.parity_settings()
+    if args.variants:
+        settings.variants = [v for v in parse_variants(args.variants) if v != REFERENCE]
+    publish(bench_parity(suite, out, _real(args.model), settings, args.videos), out)
+    return 0
+
+
+def _accuracy(args) -> int:
+    from r21d.benchmarks.run_all import bench_accuracy, publish
+    from r21d.benchmarks.variants import Variant
+
+    suite, out = _suite(args)
+    settings = suite.accuracy_settings()
+    settings.variant = Variant.parse(args.variant)
+    publish(bench_accuracy(suite, out, _real(args.model), args.manifest, settings), out)
+    return 0
