@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +36,11 @@ PRECISION_KEY = "r21d.precision"
 PARITY_KEY = "r21d.parity"
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAMES = {"uint8": "frames", "float": "clips"}
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-"""Largest max-abs difference of the probabilities allowed against the fp32 torch model."""
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+"""Largest max-abs difference of the probabilities allowed against the fp32 torch model.
+
+fp16 keeps 11 significant bits: a full-size R(2+1)D-18 with peaky (random) logits measured
+up to 3e-2 on onnxruntime CPU, so fp16 is a precision mode to report, not a free lunch."""
 MIN_OPSET = 18
 
 
@@ -184,18 +189,28 @@ def _torch_export(
         }
     }
     outputs = ["probs", "features"] + (["logits_map"] if logits_map else [])
-    torch.onnx.export(
-        wrapper,
-        (example,),
-        str(path),
-        dynamo=True,
-        dynamic_shapes=dynamic,
-        input_names=[INPUT_NAMES[input_format]],
-        output_names=outputs,
-        opset_version=opset,
-        external_data=False,
-        verbose=False,
-    )
+    # The exporter logs that torchvision's ops are unavailable and torch warns about its own
+    # internal deprecations: noise for an r21d user, silenced for this call only.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=[INPUT_NAMES[input_format]],
+                output_names=outputs,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def validate_onnx(
