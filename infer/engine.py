@@ -2,15 +2,15 @@
 
 Data flow::
 
-    paths --task queue--> decode workers (processes) --bounded queue--> main process
+    paths --> decode workers (processes, one pipe each) --> main process
           main: pack clips of several videos into fixed-size batches of one shape
                 -> backend.run -> per-clip softmax + features -> per-video mean -> results
 
 - Each decode worker is a separate process (``forkserver`` context where available, else
   ``spawn``; never ``fork`` after torch or a GPU runtime started) that decodes one video at a
-  time into its clips and hands them over through a queue of at most ``queue_size`` decoded
-  videos, so memory stays bounded whatever the number of videos: decoders wait while the model
-  is busy.
+  time into its clips. The main process hands a worker its next video as soon as the last one
+  comes back, so at most one decoded video per worker waits for the model and memory stays
+  bounded whatever the number of videos: decoders wait while the model is busy.
 - The main process packs clips from several videos into batches of exactly ``batch_size``
   clips. Only clips of the same shape share a batch (full-frame scoring of short-edge resized
   videos gives several shapes). The last batch of a shape is short, or padded with copies of
@@ -23,21 +23,22 @@ Data flow::
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
-import queue
 import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 
 import numpy as np
 
 from r21d.spec import ModelSpec
 
 POLL_S = 0.5
-"""How often blocked queue operations wake up to check that the other side is alive."""
+"""Seconds to wait for a stopping worker before it is terminated."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ class ScoreOptions:
     spatial crops; ``full_frame`` scores the whole resized frame fully-convolutionally instead
     of a ``crop_size`` crop; ``resize_mode`` overrides the spec's (``fixed`` or
     ``short_edge``); ``workers`` decode processes (0 decodes in the main process);
-    ``batch_size`` clips per model call (``None``: the backend's default); ``queue_size``
-    decoded videos waiting for the model (``None``: twice the workers, at least 2).
+    ``batch_size`` clips per model call (``None``: the backend's default).
     """
 
     num_clips: int = 10
@@ -58,7 +58,6 @@ class ScoreOptions:
     resize_mode: str | None = None
     workers: int = 2
     batch_size: int | None = None
-    queue_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_clips < 1:
@@ -175,111 +174,100 @@ def _decode_one(index: int, path: str, spec: ModelSpec, options: ScoreOptions) -
     )
 
 
-def _decode_worker(tasks, results, current, spec: ModelSpec, options: ScoreOptions) -> None:
-    """Worker process: decode tasks ``(index, path)`` until ``None``; exit if the parent dies."""
+def _decode_worker(conn, spec: ModelSpec, options: ScoreOptions) -> None:
+    """Worker process: decode each ``(index, path)`` received on ``conn`` and send it back.
+
+    Ends on ``None`` or when the main process closes its end of the pipe or dies (the pipe
+    then reads EOF or breaks), so a ``kill -9`` of the scorer leaves no worker behind.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    parent = mp.parent_process()
-
-    def orphaned() -> bool:
-        """True when the main process is gone (kill -9): exit without flushing to nobody."""
-        if parent is None or parent.is_alive():
-            return False
-        results.cancel_join_thread()
-        return True
-
-    while True:
-        try:
-            task = tasks.get(timeout=POLL_S)
-        except queue.Empty:
-            if orphaned():
-                return
-            continue
-        if task is None:
-            return
-        index, path = task
-        current.value = index
-        item = _decode_one(index, path, spec, options)
-        while True:
-            try:
-                results.put(item, timeout=POLL_S)
-                break
-            except queue.Full:
-                if orphaned():
-                    return
-        current.value = -1
+    try:
+        while (task := conn.recv()) is not None:
+            index, path = task
+            conn.send(_decode_one(index, path, spec, options))
+    except (EOFError, OSError):
+        return
 
 
 class _DecodePool:
-    """Decode worker processes fed from a task queue, returning decoded videos as they finish.
+    """Decode worker processes, each with its own pipe, returning videos as they finish.
 
-    A worker that dies (a crash inside the decoding library) turns its video into an error
-    result and is replaced, so one pathological file cannot stall or end the run.
+    The main process hands each worker one video at a time, the next as soon as the last comes
+    back, so at most one decoded video per worker waits for the model (memory stays bounded).
+    A private pipe per worker, rather than a shared queue, means a worker that dies (a crash
+    inside the decoding library) cannot leave a shared lock held or a shared stream half
+    written: its video becomes an error result and a fresh worker takes over.
     """
 
-    def __init__(self, paths: list[tuple[int, str]], spec, options: ScoreOptions):
+    def __init__(self, tasks: list[tuple[int, str]], spec: ModelSpec, options: ScoreOptions):
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        self._tasks = self._ctx.Queue()
-        size = options.queue_size or max(2, 2 * options.workers)
-        self._results = self._ctx.Queue(maxsize=size)
         self._spec, self._options = spec, options
-        self._remaining = len(paths)
-        self._paths = dict(paths)
-        for task in paths:
-            self._tasks.put(task)
-        self._workers: list[tuple[mp.Process, object]] = []
-        for _ in range(min(options.workers, len(paths))):
+        self._todo = deque(tasks)
+        self._workers: dict = {}  # main end of a worker's pipe -> [process, task or None]
+        for _ in range(min(options.workers, len(tasks))):
             self._start_worker()
 
     def _start_worker(self) -> None:
-        current = self._ctx.Value("q", -1, lock=False)
-        worker = self._ctx.Process(
-            target=_decode_worker,
-            args=(self._tasks, self._results, current, self._spec, self._options),
-            daemon=True,
+        conn, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_decode_worker, args=(child, self._spec, self._options), daemon=True
         )
-        worker.start()
-        self._workers.append((worker, current))
+        process.start()
+        child.close()  # the worker holds its end; EOF here now means the worker is gone
+        self._workers[conn] = [process, None]
+        self._assign(conn)
+
+    def _assign(self, conn) -> None:
+        task = self._todo.popleft() if self._todo else None
+        self._workers[conn][1] = task
+        if task is not None:
+            with contextlib.suppress(OSError):  # died already: the next wait notices
+                conn.send(task)
 
     def __iter__(self) -> Iterator[_Decoded]:
-        while self._remaining:
-            try:
-                item = self._results.get(timeout=POLL_S)
-            except queue.Empty:
-                yield from self._replace_dead_workers()
-                continue
-            self._remaining -= 1
-            yield item
+        while any(task is not None for _, task in self._workers.values()):
+            sentinels = {process.sentinel: conn for conn, (process, _) in self._workers.items()}
+            ready = wait([*self._workers, *sentinels])
+            for conn in dict.fromkeys(sentinels.get(r, r) for r in ready):
+                item = self._receive(conn)
+                if item is not None:
+                    yield item
 
-    def _replace_dead_workers(self) -> Iterator[_Decoded]:
-        for worker, current in list(self._workers):
-            if worker.is_alive():
-                continue
-            self._workers.remove((worker, current))
-            index = current.value
-            if index >= 0:
-                self._remaining -= 1
-                yield _Decoded(
-                    index,
-                    self._paths[index],
-                    error=f"the decoder process died (exit code {worker.exitcode}) on this file",
-                )
-            if self._remaining:
-                self._start_worker()
+    def _receive(self, conn) -> _Decoded | None:
+        """The worker's finished video, or an error result if the worker died with it."""
+        process, task = self._workers[conn]
+        item = None
+        if conn.poll():
+            with contextlib.suppress(EOFError, OSError):  # died before or while sending
+                item = conn.recv()
+        if process.is_alive():
+            if item is not None:
+                self._assign(conn)
+            return item  # None: woken by the other half of a (pipe, sentinel) pair
+        process.join(timeout=POLL_S)
+        conn.close()
+        del self._workers[conn]
+        if self._todo:
+            self._start_worker()
+        if item is not None or task is None:
+            return item  # its last video came back whole before it ended
+        message = f"the decoder process died (exit code {process.exitcode}) on this file"
+        return _Decoded(task[0], task[1], error=message)
 
     def close(self) -> None:
-        """Stop the workers (normal end, error or interrupt) without waiting on their queues."""
-        for _ in self._workers:
-            self._tasks.put(None)
-        deadline = time.monotonic() + 2 * POLL_S
-        for worker, _ in self._workers:
-            worker.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(timeout=POLL_S)
-        for q in (self._tasks, self._results):
-            q.cancel_join_thread()
-            q.close()
+        """Stop the workers (normal end, error or interrupt)."""
+        for conn in self._workers:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            conn.close()  # a worker blocked sending a result gets a broken pipe and ends
+        deadline = time.monotonic() + POLL_S
+        for process, _ in self._workers.values():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=POLL_S)
+        self._workers.clear()
 
 
 def _decode_inline(paths: list[tuple[int, str]], spec, options) -> Iterator[_Decoded]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -187,3 +190,20 @@ def test_feature_files_hold_clip_features_and_their_mean(tmp_path):
         np.testing.assert_array_equal(data["clip_features"], features)
         np.testing.assert_allclose(data["video_feature"], features.mean(axis=0))
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temp file left
+
+
+def test_a_decoder_process_that_dies_costs_one_video_not_the_run(backend, tmp_path):
+    """A crash inside the decoding library kills its process: that video becomes an error
+    result, a new worker takes over, and every other video is still scored."""
+    paths = _videos(tmp_path / "v", [(160, 120)] * 4, frames=24)
+    results = score_videos(paths, backend, ScoreOptions(num_clips=1, workers=1, batch_size=1))
+    first = next(results)
+    (worker,) = mp.active_children()
+    os.kill(worker.pid, signal.SIGKILL)  # busy with (or handing over) another video
+    rest = list(results)
+
+    assert sorted(r.path for r in [first, *rest]) == sorted(paths)
+    died = [r for r in rest if not r.ok]
+    assert len(died) == 1 and "decoder process died" in died[0].error
+    assert all(r.ok for r in [first, *rest] if r is not died[0])
+    assert not mp.active_children()  # the replacement worker was stopped at the end
