@@ -34,8 +34,9 @@ PRINT_LIMIT = 10
 def find_videos(inputs: list[str], list_files: list[str] = ()) -> list[str]:
     """Absolute video paths from folders, files and ``@list`` files, deduplicated, in order.
 
-    Folders are searched recursively for :data:`VIDEO_EXTENSIONS` (any case), sorted; files
-    named directly are taken whatever their suffix. A PATH on the command line that does not
+    Folders are searched recursively for :data:`VIDEO_EXTENSIONS` (any case), sorted, hidden
+    files and folders (``.name``, e.g. macOS ``._clip.mp4``) left out; files named directly
+    are taken whatever their suffix. A PATH on the command line that does not
     exist is an error; a missing entry of a list file becomes an error record later.
     """
     found: list[str] = []
@@ -56,7 +57,13 @@ def find_videos(inputs: list[str], list_files: list[str] = ()) -> list[str]:
 def _expand(path: Path) -> list[str]:
     if not path.is_dir():
         return [os.path.abspath(path)]
-    videos = (p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    videos = (
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and p.is_file()
+    )
     return sorted(os.path.abspath(p) for p in videos)
 
 
@@ -109,7 +116,11 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
         default=default_workers(),
         help="decode processes (default %(default)s; 0 decodes in this process)",
     )
-    p.add_argument("--batch-size", type=int, help="clips per model call (default: by device)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="clips per model call (default 8 on CPU, 32 on GPU, or the model's fixed size)",
+    )
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="default: from the model file's suffix"
     )

@@ -150,7 +150,7 @@ class RecordFile:
 
     def _append(self, text: str) -> None:
         self._file.seek(0, os.SEEK_END)
-        self._file.write(text.encode("utf-8"))
+        self._file.write(text.encode("utf-8", "surrogateescape"))  # any file name round-trips
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -177,10 +177,7 @@ class RecordFile:
         complete = data[: data.rfind(b"\n") + 1]
         if len(complete) != len(data):
             self._file.truncate(len(complete))
-        try:
-            text = complete.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{self.path} is not a UTF-8 text record file") from None
+        text = complete.decode("utf-8", "surrogateescape")
         if self.fmt == "jsonl":
             return self._parse_jsonl(text)
         return self._parse_csv(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -154,11 +153,13 @@ def test_record_file_resumes_and_cuts_a_half_written_last_line(tmp_path):
     with open(path, "ab") as f:
         f.write(b'{"path": "/c.mp4", "sta')  # what a kill -9 mid-write leaves
 
+    odd = "/caf\udce9.mp4"  # a Latin-1 file name on a UTF-8 system (os.fsdecode)
     with RecordFile(path) as out:
         assert out.done == {"/a.mp4", "/b.mp4"}
         out.write({"path": "/c.mp4", "status": "ok"})
-    lines = path.read_text().splitlines()
-    assert [json.loads(line)["path"] for line in lines] == ["/a.mp4", "/b.mp4", "/c.mp4"]
+        out.write({"path": odd, "status": "ok"})
+    with RecordFile(path) as out:
+        assert [r["path"] for r in out.records] == ["/a.mp4", "/b.mp4", "/c.mp4", odd]
 
     with RecordFile(path, overwrite=True) as out:
         assert out.done == set()

@@ -45,6 +45,7 @@ def test_score_a_folder_to_jsonl(checkpoint, tmp_path, capsys):
         _video(folder / "short.mp4", frames=5, seed=2),  # shorter than one 8-frame clip
     ]
     (folder / "readme.txt").write_text("not a video")
+    (folder / "._a.mp4").write_bytes(b"\0\5\26\7")  # macOS AppleDouble file: hidden, skipped
     out = tmp_path / "results.jsonl"
     args = ["score", str(folder), "--model", str(checkpoint), "-o", str(out)]
     rc = main([*args, "--top-k", "3", "--clips", "2", "--workers", "1"])
