@@ -414,10 +414,10 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if n not in inputs]
         if not {"probs", "features"} <= set(self._outputs):
             raise BackendError(f"{path}: expected outputs 'probs', 'features', got {names}")
-        low, _, high = engine.get_tensor_profile_shape(self._input, 0)
+        low, opt, high = engine.get_tensor_profile_shape(self._input, 0)
         self.max_batch = int(high[0])
         self.fixed_batch = int(high[0]) if low[0] == high[0] else None
-        self._batch_opt = int(engine.get_tensor_profile_shape(self._input, 0)[1][0])
+        self._batch_min, self._batch_opt = int(low[0]), int(opt[0])
         if self._input == "clips":
             self._mean = torch.tensor(self.spec.mean, device=device)
             self._std = torch.tensor(self.spec.std, device=device)
@@ -439,6 +439,9 @@ class TensorRTBackend(Backend):
         return table[self._engine.get_tensor_dtype(name)]
 
     def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(frames)
+        if n < self._batch_min:  # below the profile: pad with copies, drop their outputs
+            frames = np.concatenate([frames, np.repeat(frames[-1:], self._batch_min - n, 0)])
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(frames).pin_memory().to(self.device, non_blocking=True)
@@ -464,6 +467,6 @@ class TensorRTBackend(Backend):
                 raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log)")
             stream.synchronize()
             return (
-                buffers["probs"].float().cpu().numpy(),
-                buffers["features"].float().cpu().numpy(),
+                buffers["probs"][:n].float().cpu().numpy(),
+                buffers["features"][:n].float().cpu().numpy(),
             )
