@@ -15,6 +15,7 @@ Score record (JSONL)::
      "prob": 0.41}, ...], "clips": 10, "frames_decoded": 80, "duration": 3.2, "short": false,
      "decode_s": 0.21, "model_s": 1.37, "model": "r2plus1d_34.safetensors", "error": null}
 
+``clips`` counts the model inputs (clips x crops) whose softmax outputs were averaged.
 ``status`` is ``"error"`` with a specific ``error`` message (and an empty ``top_k``) for a video
 that could not be scored. CSV has the same fields with ``top_k`` spread over ``label_1``,
 ``prob_1`` ... ``label_k``, ``prob_k``.

@@ -117,7 +117,7 @@ def test_extract_writes_clip_and_video_features(checkpoint, tmp_path, tiny_spec)
     (tmp_path / "in" / "bad.mp4").write_bytes(b"")
     out = tmp_path / "features"
     args = ["extract", str(tmp_path / "in"), "--model", str(checkpoint), "-o", str(out)]
-    assert main([*args, "--clips", "3", "--workers", "1"]) == 1
+    assert main([*args, "--clips", "1", "--crops", "3", "--workers", "1"]) == 1  # 3 crops a clip
 
     index = {r["path"]: r for r in _records(out / "index.jsonl")}
     assert len(index) == 3
@@ -130,7 +130,7 @@ def test_extract_writes_clip_and_video_features(checkpoint, tmp_path, tiny_spec)
             assert clip_features.shape == (3, dim) and clip_features.dtype == np.float32
             np.testing.assert_allclose(data["video_feature"], clip_features.mean(0), rtol=1e-6)
     assert index[str(tmp_path / "in" / "bad.mp4")]["file"] is None
-    assert main([*args, "--clips", "3", "--workers", "1"]) == 0  # resumed: nothing to redo
+    assert main([*args, "--clips", "1", "--crops", "3", "--workers", "1"]) == 0  # nothing to redo
     assert len(_records(out / "index.jsonl")) == 3
 
 
