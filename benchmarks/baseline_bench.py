@@ -10,7 +10,6 @@ video probabilities, since libswscale and torch resize slightly differently).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from tqdm import tqdm
 from r21d.benchmarks.baseline_pipeline import score_video
 from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
-from r21d.benchmarks.timing import synchronize
+from r21d.benchmarks.timing import time_call
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
+
+BASELINE_NAME = "baseline (decode all, torch resize, fp32 eager, 1 clip at a time)"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class BaselineSettings:
     num_clips: int = 10
     variants: list[Variant] = field(default_factory=lambda: [REFERENCE])
     workers: int | None = None  # engine decode workers; None: the engine's default
+    repeats: int = 3  # timed passes over all videos, after a one-video warm-up
 
     def as_dict(self) -> dict:
         return {
@@ -37,39 +39,57 @@ class BaselineSettings:
             "num_clips": self.num_clips,
             "variants": ", ".join(v.label for v in self.variants),
             "workers": self.workers,
+            "repeats": self.repeats,
         }
 
 
 def run_baseline(model: BenchModel, videos: list[Path], settings: BaselineSettings):
-    """The baseline script on every video: (probs per video, total wall seconds)."""
+    """The baseline script on every video: (probs per video, timing of the whole set)."""
     from r21d.checkpoint import load_checkpoint
 
     net, spec = load_checkpoint(model.checkpoint, device=settings.device)
     # Warm-up (first-call allocations are neither pipeline's fault): the first video, untimed.
     score_video(videos[0], net, spec, settings.num_clips, settings.device)
-    probs = {}
-    start = time.perf_counter()
-    for video in tqdm(videos, desc="baseline", unit="video", leave=False):
-        probs[video] = score_video(video, net, spec, settings.num_clips, settings.device)
-    synchronize(settings.device)
-    return probs, time.perf_counter() - start
+    probs: dict[Path, np.ndarray] = {}
+
+    def score_all() -> None:
+        for video in tqdm(videos, desc="baseline", unit="video", leave=False):
+            probs[video] = score_video(video, net, spec, settings.num_clips, settings.device)
+
+    timing = time_call(score_all, warmup=0, repeats=settings.repeats, device=settings.device)
+    return probs, timing
 
 
 def run_engine(model: BenchModel, videos: list[Path], variant: Variant, settings):
-    """`r21d score`'s engine on every video: (probs per video, total wall seconds)."""
+    """`r21d score`'s engine on every video: (probs per video, timing of the whole set)."""
     from r21d.infer.engine import ScoreOptions, default_workers, score_videos
 
     backend = open_variant(model, variant, settings.device)
     workers = default_workers() if settings.workers is None else settings.workers
     options = ScoreOptions(num_clips=settings.num_clips, workers=workers)
     list(score_videos([str(videos[0])], backend, options))  # warm-up, as for the baseline
-    start = time.perf_counter()
-    results = list(score_videos([str(v) for v in videos], backend, options))
-    wall = time.perf_counter() - start
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"{failed[0].path}: {failed[0].error}")
-    return {Path(r.path): r.probs for r in results}, wall
+    probs: dict[Path, np.ndarray] = {}
+
+    def score_all() -> None:
+        for r in score_videos([str(v) for v in videos], backend, options):
+            if not r.ok:
+                raise RuntimeError(f"{r.path}: {r.error}")
+            probs[Path(r.path)] = r.probs
+
+    timing = time_call(score_all, warmup=0, repeats=settings.repeats, device=settings.device)
+    return probs, timing
+
+
+def _speed_row(pipeline: str, variant: Variant, timing, n_videos: int) -> dict:
+    wall = timing.median_ms / 1e3
+    return {
+        "pipeline": pipeline,
+        "variant": variant.label,
+        "wall_s": wall,
+        "videos_per_s": n_videos / wall,
+        "spread": timing.summary()["spread"],
+        "timing": timing.summary(),
+    }
 
 
 def run_baseline_bench(model: BenchModel, videos: list[Path], settings: BaselineSettings) -> Report:
@@ -77,26 +97,14 @@ def run_baseline_bench(model: BenchModel, videos: list[Path], settings: Baseline
     if not videos:
         raise ValueError("no videos to score")
     videos = [Path(v) for v in videos]
-    base_probs, base_wall = run_baseline(model, videos, settings)
-    rows = [
-        {
-            "pipeline": "baseline (decode all, torch resize, fp32 eager, 1 clip at a time)",
-            "variant": REFERENCE.label,
-            "wall_s": base_wall,
-            "videos_per_s": len(videos) / base_wall,
-            "vs_baseline": 1.0,
-        }
-    ]
-    agreement = []
+    base_probs, base_timing = run_baseline(model, videos, settings)
+    base = _speed_row(BASELINE_NAME, REFERENCE, base_timing, len(videos))
+    base["vs_baseline"] = 1.0
+    rows, agreement = [base], []
     for variant in settings.variants:
-        probs, wall = run_engine(model, videos, variant, settings)
-        row = {
-            "pipeline": "r21d score (engine)",
-            "variant": variant.label,
-            "wall_s": wall,
-            "videos_per_s": len(videos) / wall,
-            "vs_baseline": base_wall / wall,
-        }
+        probs, timing = run_engine(model, videos, variant, settings)
+        row = _speed_row("r21d score (engine)", variant, timing, len(videos))
+        row["vs_baseline"] = base["wall_s"] / row["wall_s"]
         per_video = [_compare(v, base_probs[v], probs[v], model.spec) for v in videos]
         row["top1_agree"] = sum(a["top1_agree"] for a in per_video)
         row["max_abs_diff"] = max(a["max_abs_diff"] for a in per_video)
@@ -140,9 +148,10 @@ def _report(model, videos, rows, agreement, settings) -> Report:
             [
                 ("pipeline", "pipeline"),
                 ("variant", "variant"),
-                ("wall_s", "wall s"),
+                ("wall_s", "wall s (median)"),
                 ("videos_per_s", "videos/s"),
                 ("vs_baseline", "x baseline"),
+                ("spread", "IQR/median"),
                 ("top1_agree", f"top-1 agrees (of {len(videos)})"),
                 ("max_abs_diff", "max abs prob diff"),
             ],

@@ -155,12 +155,14 @@ def register(subparsers) -> None:
 
 
 def _suite(args):
+    """(suite, results folder, machine info taken now, before the benchmark starts)."""
+    from r21d.benchmarks.machine import machine_info
     from r21d.benchmarks.models import DEFAULT_CACHE
     from r21d.benchmarks.run_all import Suite, default_out
 
     suite = Suite(args.device, args.cache_dir or DEFAULT_CACHE, args.quick)
     out = args.out or default_out(args.device)
-    return suite, out
+    return suite, out, machine_info()
 
 
 def _real(path):
@@ -188,7 +190,7 @@ def _model(args) -> int:
     from r21d.benchmarks.run_all import bench_model, publish
     from r21d.benchmarks.variants import parse_variants
 
-    suite, out = _suite(args)
+    suite, out, machine = _suite(args)
     settings = suite.model_settings()
     if args.variants:
         settings.variants = parse_variants(args.variants)
@@ -201,7 +203,7 @@ def _model(args) -> int:
         models = [random_checkpoint(n, c, suite.cache_dir) for n, c in args.models]
     else:
         models = None
-    publish(bench_model(suite, out, models, settings), out)
+    publish(bench_model(suite, out, models, settings), out, machine)
     return 0
 
 
@@ -209,13 +211,13 @@ def _pipeline(args) -> int:
     from r21d.benchmarks.run_all import bench_pipeline, publish
     from r21d.benchmarks.variants import Variant
 
-    suite, out = _suite(args)
+    suite, out, machine = _suite(args)
     settings = suite.pipeline_settings()
     settings.variant = Variant.parse(args.variant)
     for name in ("workers", "batch_size", "repeats", "long_seconds"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    publish(bench_pipeline(suite, out, _real(args.model), settings, args.videos), out)
+    publish(bench_pipeline(suite, out, _real(args.model), settings, args.videos), out, machine)
     return 0
 
 
@@ -223,11 +225,11 @@ def _baseline(args) -> int:
     from r21d.benchmarks.run_all import bench_baseline, publish
     from r21d.benchmarks.variants import parse_variants
 
-    suite, out = _suite(args)
+    suite, out, machine = _suite(args)
     settings = suite.baseline_settings()
     if args.variants:
         settings.variants = parse_variants(args.variants)
-    publish(bench_baseline(suite, out, _real(args.model), settings, args.videos), out)
+    publish(bench_baseline(suite, out, _real(args.model), settings, args.videos), out, machine)
     return 0
 
 
@@ -235,11 +237,11 @@ def _parity(args) -> int:
     from r21d.benchmarks.run_all import bench_parity, publish
     from r21d.benchmarks.variants import REFERENCE, parse_variants
 
-    suite, out = _suite(args)
+    suite, out, machine = _suite(args)
     settings = suite.parity_settings()
     if args.variants:
         settings.variants = [v for v in parse_variants(args.variants) if v != REFERENCE]
-    publish(bench_parity(suite, out, _real(args.model), settings, args.videos), out)
+    publish(bench_parity(suite, out, _real(args.model), settings, args.videos), out, machine)
     return 0
 
 
@@ -247,8 +249,8 @@ def _accuracy(args) -> int:
     from r21d.benchmarks.run_all import bench_accuracy, publish
     from r21d.benchmarks.variants import Variant
 
-    suite, out = _suite(args)
+    suite, out, machine = _suite(args)
     settings = suite.accuracy_settings()
     settings.variant = Variant.parse(args.variant)
-    publish(bench_accuracy(suite, out, _real(args.model), args.manifest, settings), out)
+    publish(bench_accuracy(suite, out, _real(args.model), args.manifest, settings), out, machine)
     return 0

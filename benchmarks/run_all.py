@@ -145,6 +145,7 @@ class Suite:
             num_clips=2 if self.quick else 10,
             variants=variants,
             workers=0 if self.quick else None,
+            repeats=1 if self.quick else 3,
         )
 
     def parity_settings(self) -> ParitySettings:
@@ -244,9 +245,10 @@ RUNNERS: dict[str, Callable[[Suite, Path], Report]] = {
 }
 
 
-def publish(report: Report, out: Path) -> dict[str, Path]:
-    """Write a report with this machine's description; print where it went."""
-    paths = write_report(report, out, machine_info())
+def publish(report: Report, out: Path, machine: dict) -> dict[str, Path]:
+    """Write a report with ``machine`` (:func:`machine_info` taken before the benchmark
+    started, so its load average is the one the benchmark met); print where it went."""
+    paths = write_report(report, out, machine)
     print(f"{report.name}: {paths['markdown']}", file=sys.stderr)
     return paths
 
@@ -303,6 +305,7 @@ def run_all(
     lines, failed = [], False
     for name in only:
         print(f"== bench {name}{' (quick)' if quick else ''} ==", file=sys.stderr)
+        machine = machine_info()
         try:
             report = RUNNERS[name](suite, out)
         except LookupError as e:  # nothing to run this benchmark on: a stated skip
@@ -315,7 +318,7 @@ def run_all(
             )
             failed = True
             continue
-        paths = publish(report, out)
+        paths = publish(report, out, machine)
         link = f"[{paths['markdown'].name}]({paths['markdown'].name})"
         lines.append({"benchmark": name, "result": headline(report), "report": link})
     _write_index(out, lines, device, quick)

@@ -14,10 +14,15 @@ from r21d.cli import main
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
+def cache(tmp_path_factory) -> Path:
+    """Built models, exports and synthetic videos, shared by this module's runs."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, cache) -> Path:
     """One quick run of the whole suite through the command line."""
     out = tmp_path_factory.mktemp("results")
-    cache = tmp_path_factory.mktemp("cache")
     code = main(["bench", "all", "--quick", "--out", str(out), "--cache-dir", str(cache)])
     assert code == 0, (out / "index.md").read_text() if (out / "index.md").exists() else code
     return out
@@ -89,6 +94,7 @@ def test_baseline_bench_compares_the_same_videos(results):
     speed = [r for r in data["results"] if "videos_per_s" in r]
     baseline, engine = speed[0], speed[1]
     assert baseline["videos_per_s"] > 0 and engine["videos_per_s"] > 0
+    assert baseline["timing"]["repeats"] == engine["timing"]["repeats"] >= 1
     assert math.isclose(engine["vs_baseline"], baseline["wall_s"] / engine["wall_s"])
     agreement = [r for r in data["results"] if r.get("part") == "agreement"]
     assert len(agreement) == data["settings"]["videos"]
@@ -113,3 +119,25 @@ def test_accuracy_bench_covers_every_protocol_choice(results):
     for r in rows:
         assert r["videos"] == 2 and r["failed"] == 0
         assert 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_single_benchmark_commands_take_their_options(results, cache, tmp_path):
+    out = tmp_path / "model"
+    argv = ["bench", "model", "--quick", "--out", str(out), "--cache-dir", str(cache)]
+    narrow = ["--variants", "torch:fp32", "--batch-sizes", "2", "--frame-sizes", "112x128"]
+    assert main([*argv, *narrow, "--warmup", "0", "--repeats", "1"]) == 0
+    (row,) = json.loads((out / "model.json").read_text())["results"]
+    assert (row["variant"], row["batch"]) == ("torch:fp32", 2)
+    assert (row["height"], row["width"]) == (112, 128)
+    assert row["timing"]["repeats"] == 1
+
+
+def test_bad_input_is_a_one_line_error(tmp_path, cache, capsys):
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("a.mp4,no such class\n")
+    model = next((cache / "models").glob("*.safetensors"))
+    argv = ["bench", "accuracy", "--manifest", str(manifest), "--model", str(model)]
+    assert main([*argv, "--out", str(tmp_path), "--cache-dir", str(cache)]) == 2
+    assert "neither a class name" in capsys.readouterr().err
+    assert main(["bench", "model", "--variants", "torch:int8", "--out", str(tmp_path)]) == 2
+    assert "precision must be one of" in capsys.readouterr().err
