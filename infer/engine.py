@@ -32,12 +32,16 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from r21d.spec import ModelSpec
 
-POLL_S = 0.5
+if TYPE_CHECKING:
+    from r21d.infer.backends import Backend
+
+STOP_WAIT_S = 0.5
 """Seconds to wait for a stopping worker before it is terminated."""
 
 
@@ -162,13 +166,12 @@ def _decode_one(index: int, path: str, spec: ModelSpec, options: ScoreOptions) -
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         message = f"{type(e).__name__}: {e}"
         return _Decoded(index, path, error=message, decode_s=time.perf_counter() - start)
-    info = decoded.info
     return _Decoded(
         index,
         path,
         clips=decoded.clips,
         frames_decoded=int(decoded.frames_decoded),
-        duration=getattr(info, "duration", None),
+        duration=decoded.info.duration,
         short=bool(decoded.short),
         decode_s=time.perf_counter() - start,
     )
@@ -245,7 +248,7 @@ class _DecodePool:
             if item is not None:
                 self._assign(conn)
             return item  # None: woken by the other half of a (pipe, sentinel) pair
-        process.join(timeout=POLL_S)
+        process.join(timeout=STOP_WAIT_S)
         conn.close()
         del self._workers[conn]
         if self._todo:
@@ -261,12 +264,12 @@ class _DecodePool:
             with contextlib.suppress(OSError):
                 conn.send(None)
             conn.close()  # a worker blocked sending a result gets a broken pipe and ends
-        deadline = time.monotonic() + POLL_S
+        deadline = time.monotonic() + STOP_WAIT_S
         for process, _ in self._workers.values():
             process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.terminate()
-                process.join(timeout=POLL_S)
+                process.join(timeout=STOP_WAIT_S)
         self._workers.clear()
 
 
@@ -288,7 +291,7 @@ class _Pending:
 class _BatchPacker:
     """Packs clips of several videos into batches of one shape and finishes videos."""
 
-    def __init__(self, backend, batch_size: int):
+    def __init__(self, backend: Backend, batch_size: int):
         self.backend = backend
         self.batch_size = batch_size
         self.max_buffered = 4 * batch_size
@@ -347,7 +350,7 @@ def _finish(pending: _Pending) -> VideoResult:
 
 
 def score_videos(
-    paths: Iterable[str], backend, options: ScoreOptions | None = None
+    paths: Iterable[str], backend: Backend, options: ScoreOptions | None = None
 ) -> Iterator[VideoResult]:
     """Score every video in ``paths`` with ``backend``; yield one result per video as it finishes.
 
