@@ -64,6 +64,10 @@ def gpu_info() -> dict | None:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "bf16": torch.cuda.is_bf16_supported(),
+        # "fp32" convolutions use TF32 tensor cores when cudnn.allow_tf32 is on (torch's
+        # default), fp32 matmuls only when matmul.allow_tf32 is: the ceiling is a true fp32 one.
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
     }
 
 

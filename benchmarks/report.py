@@ -100,7 +100,7 @@ def write_report(report: Report, out_dir: str | Path, machine: dict) -> dict[str
     }
     json_path = out / f"{report.name}.json"
     json_path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    settings = "\n".join(f"- {k}: {fmt(v)}" for k, v in report.settings.items())
+    settings = "\n".join(f"- {k}: {_setting(v)}" for k, v in report.settings.items())
     plots = "\n".join(f"![{p.stem}]({p.name})" for p in report.plots)
     md = [
         f"# {report.title}\n",
@@ -115,6 +115,15 @@ def write_report(report: Report, out_dir: str | Path, machine: dict) -> dict[str
     md_path = out / f"{report.name}.md"
     md_path.write_text("\n".join(md))
     return {"json": json_path, "markdown": md_path}
+
+
+def _setting(value: object) -> str:
+    """A settings value: lists comma-separated, each item as a table cell (shapes as HxW)."""
+    if isinstance(value, (list, tuple)) and not all(isinstance(v, int) for v in value):
+        return ", ".join(fmt(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return fmt(value)
 
 
 def _jsonable(value: object) -> object:

@@ -70,6 +70,12 @@ class Suite:
     cache_dir: Path = DEFAULT_CACHE
     quick: bool = False
 
+    def stamp(self, report: Report) -> Report:
+        """Mark a report as quick (tiny, mechanics only) or full."""
+        quick = "quick (tiny sizes: mechanics only, not numbers)"
+        report.settings["mode"] = quick if self.quick else "full"
+        return report
+
     # -- models ------------------------------------------------------------------------
     def speed_models(self) -> list[BenchModel]:
         return speed_models(self.cache_dir, self.quick)
@@ -110,7 +116,14 @@ class Suite:
             fast = self.fast_variant()
             variants += [fast] if fast else []
             return ModelBenchSettings(
-                self.device, variants, (1,), ((112, 112), (128, 171)), 1, 2, 10.0, 512
+                device=self.device,
+                variants=variants,
+                batch_sizes=(1,),
+                frame_sizes=((112, 112), (128, 171)),
+                warmup=1,
+                repeats=2,
+                max_seconds=10.0,
+                ceiling_n=512,
             )
         cuda = self.device.startswith("cuda")
         return ModelBenchSettings(
@@ -185,7 +198,7 @@ def bench_model(suite: Suite, out: Path, models=None, settings=None) -> Report:
         models or suite.speed_models(), settings or suite.model_settings()
     )
     model_bench.add_plots(report, out)
-    return report
+    return suite.stamp(report)
 
 
 def bench_pipeline(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
@@ -196,7 +209,7 @@ def bench_pipeline(suite: Suite, out: Path, model=None, settings=None, videos=No
         settings or suite.pipeline_settings(),
     )
     pipeline_bench.add_plots(report, out)
-    return report
+    return suite.stamp(report)
 
 
 def bench_baseline(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
@@ -204,7 +217,7 @@ def bench_baseline(suite: Suite, out: Path, model=None, settings=None, videos=No
         model or suite.main_model(), videos or suite.videos(), settings or suite.baseline_settings()
     )
     baseline_bench.add_plots(report, out)
-    return report
+    return suite.stamp(report)
 
 
 def bench_parity(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
@@ -217,7 +230,7 @@ def bench_parity(suite: Suite, out: Path, model=None, settings=None, videos=None
         model or suite.real_or_main_model(), videos, settings or suite.parity_settings()
     )
     parity_bench.add_plots(report, out)
-    return report
+    return suite.stamp(report)
 
 
 def bench_accuracy(suite: Suite, out: Path, model=None, manifest=None, settings=None) -> Report:
@@ -233,7 +246,7 @@ def bench_accuracy(suite: Suite, out: Path, model=None, manifest=None, settings=
         model, manifest, settings or suite.accuracy_settings()
     )
     accuracy_bench.add_plots(report, out)
-    return report
+    return suite.stamp(report)
 
 
 RUNNERS: dict[str, Callable[[Suite, Path], Report]] = {
