@@ -99,10 +99,10 @@ def run_model_bench(models: list[BenchModel], settings: ModelBenchSettings) -> R
                 continue
             for _, grid, batch, (h, w) in mine:
                 shape = (model.spec.clip_len, h, w)
-                if shape not in flops:
-                    flops[shape] = gflop_per_clip(model, *shape)
+                if (model.key, shape) not in flops:
+                    flops[model.key, shape] = gflop_per_clip(model, *shape)
                 row = _time_config(backend, model, variant, grid, batch, shape, settings)
-                row["gflop_per_clip"] = flops[shape]
+                row["gflop_per_clip"] = flops[model.key, shape]
                 if "error" in row:
                     skipped.append(row)
                 else:

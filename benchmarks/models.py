@@ -42,7 +42,7 @@ class BenchModel:
     key: str  # short name for tables, e.g. "r2plus1d_18 8f"
     checkpoint: Path
     spec: ModelSpec
-    real_weights: bool
+    real_weights: bool  # trained or imported (the spec records a provenance), not random
 
 
 def random_checkpoint(
@@ -61,8 +61,8 @@ def random_checkpoint(
         labels = tuple(f"class {i}" for i in range(num_classes))
         model = create_model(name, num_classes, clip_len, width=width, labels=labels)
         save_checkpoint(model, model.spec, path)
-    key = f"{name} {clip_len}f" + (f" w{width:g}" if width != 1.0 else "")
-    return BenchModel(key, path, read_spec(path), real_weights=False)
+    spec = read_spec(path)
+    return BenchModel(model_key(spec), path, spec, real_weights=False)
 
 
 def speed_models(cache_dir: str | Path = DEFAULT_CACHE, quick: bool = False) -> list[BenchModel]:
@@ -91,7 +91,13 @@ def find_i3d() -> Path | None:
 
 
 def real_model(path: str | Path) -> BenchModel:
-    """A checkpoint with trained weights given by the user (or found by :func:`find_i3d`)."""
+    """A checkpoint given by the user (or found by :func:`find_i3d`)."""
     path = Path(path)
     spec = read_spec(path)
-    return BenchModel(f"{spec.name} {spec.clip_len}f", path, spec, real_weights=True)
+    # Imported and trained checkpoints record where they came from; fresh ones do not.
+    return BenchModel(model_key(spec), path, spec, real_weights=bool(spec.provenance))
+
+
+def model_key(spec: ModelSpec) -> str:
+    """Short name for tables: ``r2plus1d_18 8f`` (with `` w0.125`` for narrowed models)."""
+    return f"{spec.name} {spec.clip_len}f" + (f" w{spec.width:g}" if spec.width != 1.0 else "")

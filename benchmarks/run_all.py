@@ -221,11 +221,10 @@ def bench_baseline(suite: Suite, out: Path, model=None, settings=None, videos=No
 
 
 def bench_parity(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
-    if videos is None:
-        videos = suite.videos()
+    if videos is None:  # real clips (and the short rotated one) where present
         rotated = SHARED_VIDEOS / "rotated_90_3frames.mov"
-        if not suite.quick and rotated.is_file():
-            videos.append(rotated)  # a short, rotated clip: repeated frames and rotation
+        real = [*real_clips(), *([rotated] if rotated.is_file() else [])]
+        videos = real if real and not suite.quick else suite.videos()
     report = parity_bench.run_parity_bench(
         model or suite.real_or_main_model(), videos, settings or suite.parity_settings()
     )
