@@ -127,3 +127,11 @@ def test_design_figures_only_beside_the_matching_cpu_configuration():
     assert design_figure({**row, "height": 112, "width": 112}, "cpu") == 9.0
     assert design_figure({**row, "height": 128, "width": 171}, "cpu") is None
     assert design_figure({**row, "height": 112, "width": 112}, "cuda:0") is None
+
+
+def test_real_clip_labels_are_kinetics400_class_names():
+    from r21d.benchmarks.videos import REAL_CLIPS, REAL_LABELS
+    from r21d.labels import load_labels
+
+    assert set(REAL_LABELS) == set(REAL_CLIPS)
+    assert set(REAL_LABELS.values()) <= set(load_labels("kinetics400"))
