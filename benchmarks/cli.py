@@ -47,7 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        help="results folder (default benchmarks/results, or benchmarks/results/gpu-<device>)",
+        help="results folder (default benchmarks/results, or benchmarks/results/gpu-<device>; "
+        "a quick/ subfolder of it with --quick)",
     )
     p.add_argument(
         "--cache-dir",
@@ -161,7 +162,7 @@ def _suite(args):
     from r21d.benchmarks.run_all import Suite, default_out
 
     suite = Suite(args.device, args.cache_dir or DEFAULT_CACHE, args.quick)
-    out = args.out or default_out(args.device)
+    out = args.out or default_out(args.device, args.quick)
     return suite, out, machine_info()
 
 

@@ -2,7 +2,7 @@
 # The whole benchmark suite on a GPU machine, in one call, from the repository root:
 #
 #     bash benchmarks/gpu_run.sh                 # every benchmark on cuda:0
-#     bash benchmarks/gpu_run.sh --quick         # the tiny smoke run, on the GPU
+#     bash benchmarks/gpu_run.sh --quick         # the tiny smoke run, on the GPU (into quick/)
 #     PYTHON=/path/to/python bash benchmarks/gpu_run.sh --only model,parity
 #
 # Needs a Python with a CUDA build of torch (and optionally onnxruntime-gpu, tensorrt: the
@@ -25,7 +25,9 @@ if ! "$PYTHON" -c "import r21d.benchmarks.cli" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation -e .
 fi
 
-OUT=$("$PYTHON" -c "from r21d.benchmarks.run_all import default_out; print(default_out('$DEVICE'))")
+QUICK=False
+for arg in "$@"; do [ "$arg" = "--quick" ] && QUICK=True; done
+OUT=$("$PYTHON" -c "from r21d.benchmarks.run_all import default_out as d; print(d('$DEVICE', $QUICK))")
 mkdir -p "$OUT"
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true

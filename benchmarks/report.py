@@ -70,6 +70,7 @@ def machine_lines(machine: dict) -> str:
     gpu = machine.get("gpu")
     gpu_text = f"{gpu['name']} ({gpu['memory_gib']} GiB, CUDA {gpu['cuda']})" if gpu else "none"
     load = machine.get("load_average")
+    busy = load is not None and load[0] > 0.5 * (machine.get("usable_cores") or 1)
     return "\n".join(
         [
             f"- machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
@@ -80,7 +81,13 @@ def machine_lines(machine: dict) -> str:
             f"{v['onnxruntime'] or v['onnxruntime-gpu']}, av {v['av']}, numpy {v['numpy']}"
             + (f", tensorrt {v['tensorrt']}" if v.get("tensorrt") else ""),
             f"- load average when started: {', '.join(f'{x:.2f}' for x in load) if load else '-'}"
-            " (a busy machine makes every number here slower and noisier)",
+            " (a busy machine makes every number here slower and noisier)"
+            + (
+                f"\n- **WARNING: the machine was busy (1-minute load {load[0]:.1f} on "
+                f"{machine['usable_cores']} cores): these timings are not representative**"
+                if busy
+                else ""
+            ),
             f"- taken: {machine['timestamp']}",
         ]
     )

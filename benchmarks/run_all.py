@@ -57,9 +57,11 @@ DEFAULT_OUT = (
 installed from a wheel)."""
 
 
-def default_out(device: str) -> Path:
-    """``benchmarks/results`` for the CPU, ``benchmarks/results/gpu-<device>`` for a GPU."""
-    return DEFAULT_OUT if device == "cpu" else DEFAULT_OUT / f"gpu-{device_label(device)}"
+def default_out(device: str, quick: bool = False) -> Path:
+    """``benchmarks/results`` for the CPU, ``benchmarks/results/gpu-<device>`` for a GPU; a
+    ``quick`` subfolder of those for quick runs, so they never overwrite real results."""
+    out = DEFAULT_OUT if device == "cpu" else DEFAULT_OUT / f"gpu-{device_label(device)}"
+    return out / "quick" if quick else out
 
 
 @dataclass
@@ -312,7 +314,7 @@ def run_all(
         raise ValueError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} asked for, but torch sees no CUDA GPU")
-    out = Path(out) if out is not None else default_out(device)
+    out = Path(out) if out is not None else default_out(device, quick)
     suite = Suite(device, Path(cache_dir), quick)
     lines, failed = [], False
     for name in only:
