@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={args.nproc}", "-m", "r21d.train", "--config", str(launch),
+            f"--stop-at-step={config.stop_at_step}", "--resume" if config.resume else "--no-resume",
         ]  # fmt: skip
         return subprocess.run(command, check=False).returncode
     from r21d.train.trainer import train

@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_factor: float = _opt(0.1, "warm-up starts at this fraction of the peak rate")
     schedule: str = _opt("step", "decay after warm-up", ("step", "cosine"))
     halvings: int = _opt(13, "times the step schedule halves the rate (the paper: 13)")
+    precise_bn_batches: int = _opt(0, "recompute BN statistics over this many batches at the end")
     precision: str = _opt("fp32", "autocast dtype (bf16 on CPU; fp16/bf16 on GPU)",
                           ("fp32", "bf16", "fp16"))  # fmt: skip
     # linear probe (finetune=linear_probe)
@@ -101,11 +102,19 @@ class TrainConfig:
         return data
 
     def save(self, path: str | Path) -> Path:
-        """Write the resolved configuration as YAML (loadable with ``--config``)."""
+        """Write the resolved configuration as YAML (loadable with ``--config``).
+
+        The per-session options (``resume``, ``stop_at_step``) are left out: a run resumed
+        from its saved configuration must not stop again where the last session stopped.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        data = {k: v for k, v in self.to_dict().items() if k not in SESSION_OPTIONS}
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
+
+
+SESSION_OPTIONS = ("resume", "stop_at_step")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -67,3 +67,19 @@ def all_mean(value: float, ctx: Context) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return t.item() / ctx.world_size
+
+
+@torch.no_grad()
+def replica_difference(model: torch.nn.Module, ctx: Context) -> float:
+    """Largest absolute difference between this process's parameters and rank 0's, over all
+    ranks (0.0 in a healthy data-parallel run: every rank applies the same averaged update).
+    """
+    if not ctx.distributed:
+        return 0.0
+    worst = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    for p in model.parameters():
+        reference = p.detach().clone()
+        dist.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (p.detach() - reference).abs().max().double())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()

@@ -131,8 +131,16 @@ class DistributedDrawSampler(Sampler[tuple[int, int]]):
 
 
 def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    return random.Random(",".join(map(str, values))).getrandbits(63)
+    """A 63-bit seed from integers (SplitMix64 steps; stable across processes, unlike ``hash``)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = ((h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+_MASK64 = (1 << 64) - 1
 
 
 def random_subset(records: Sequence[VideoRecord], size: int, seed: int = 0) -> list[VideoRecord]:

@@ -38,6 +38,7 @@ from r21d.train.evaluate import evaluate_videos
 from r21d.train.linear_probe import linear_probe
 from r21d.train.metrics import MetricsLog
 from r21d.train.model_setup import build_training_model, set_train_mode, training_spec
+from r21d.train.precise_bn import recompute_bn_statistics
 from r21d.train.run_state import (
     checkpoint_paths,
     list_checkpoints,
@@ -57,9 +58,12 @@ def train(config: TrainConfig) -> Path:
     """Run (or resume) the training ``config`` describes; returns the final checkpoint path."""
     config.validate()
     ctx = distributed.setup(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
+        torch.use_deterministic_algorithms(config.deterministic or deterministic)
         return _train(config, ctx)
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         distributed.teardown(ctx)
 
 
@@ -78,8 +82,6 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         init_from=cfg.init_from,
     )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
     model = build_training_model(spec, init_from=cfg.init_from, finetune=cfg.finetune)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
 
         done = step + 1
         bar.update(1)
+        if done == cfg.max_steps and cfg.precise_bn_batches and cfg.finetune == "full":
+            _precise_bn(cfg, ctx, model, batches, memory_format, autocast)
         if done % cfg.log_every == 0 or done == end_step:
             record = window.flush(ctx)
             record.update(step=done, lr=lr, clips_per_s=record["clips_per_s"] * ctx.world_size)
@@ -183,12 +187,29 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
             _validate(cfg, ctx, model, spec, val_set, metrics, done)
     bar.close()
     del batches  # stop the DataLoader workers
+    if ctx.distributed:
+        difference = distributed.replica_difference(model, ctx)
+        metrics.write({"step": end_step, "replica_max_abs_diff": difference})
+        if difference and ctx.is_main:
+            log.warning("ranks ended with different parameters (max |diff| %g)", difference)
     final = run_dir / FINAL_MODEL
     if ctx.is_main and end_step == cfg.max_steps:
         save_checkpoint(model, spec, final)
         log.info("wrote %s", final)
     distributed.barrier(ctx)
     return final if end_step == cfg.max_steps else checkpoint_paths(run_dir, end_step)[0]
+
+
+def _precise_bn(cfg, ctx, model, batches, memory_format, autocast) -> None:
+    """Recompute BN statistics with the final weights on the next training batches."""
+    clips = (
+        next(batches)[0].to(ctx.device, memory_format=memory_format)
+        for _ in range(cfg.precise_bn_batches)
+    )
+    with autocast:
+        used = recompute_bn_statistics(model, clips, ctx)
+    if ctx.is_main:
+        log.info("recomputed BN statistics over %d batches", used)
 
 
 def _load_data(cfg: TrainConfig, run_dir: Path) -> tuple[VideoSet, VideoSet | None]:
