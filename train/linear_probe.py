@@ -1,9 +1,9 @@
 """The paper's "fc-only" evaluation: frozen features, L2-regularised logistic regression.
 
 Features are the backbone's pooled activations (the classifier's input), averaged over the
-10 test-protocol clips of each video. A multinomial logistic regression,
+10 test-protocol clips of each video, then standardised. A multinomial logistic regression,
 
-    minimise  mean cross-entropy(W f + b, y)  +  l2 / 2 * ||W||^2
+    minimise  mean cross-entropy(W z + b, y)  +  l2 / 2 * ||W||^2    (z: standardised features)
 
 is fitted on them with full-batch L-BFGS (strong Wolfe line search), and its ``W``, ``b``
 become the model's classifier, so the result is an ordinary r21d checkpoint.
@@ -66,8 +66,18 @@ def fit_logistic_regression(
     l2: float = 1e-3,
     steps: int = 100,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight ``(num_classes, D)`` and bias of the L2-regularised multinomial LR (L-BFGS)."""
-    x = features.double()
+    """Weight ``(num_classes, D)`` and bias of the L2-regularised multinomial LR (L-BFGS).
+
+    Features are standardised (zero mean, unit variance per dimension over the training set)
+    so L-BFGS sees a well-conditioned problem and ``l2`` means the same for any feature scale;
+    the returned weight and bias have the standardisation folded in, so they apply to raw
+    features: ``logits = features @ weight.T + bias``.
+    """
+    raw = features.double()
+    mean = raw.mean(0)
+    scale = raw.std(0) if len(raw) > 1 else torch.ones_like(mean)
+    scale = scale.clamp_min(1e-6 * float(scale.max().clamp_min(1e-12)))
+    x = (raw - mean) / scale
     y = targets.long()
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
@@ -82,7 +92,8 @@ def fit_logistic_regression(
         return loss
 
     optimiser.step(closure)
-    return weight.detach().float(), bias.detach().float()
+    folded = weight.detach() / scale
+    return folded.float(), (bias.detach() - folded @ mean).float()
 
 
 def linear_probe(

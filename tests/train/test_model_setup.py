@@ -72,10 +72,12 @@ def test_logistic_regression_reaches_the_regularised_optimum():
     x = centres[y] + torch.randn(120, 16)
     weight, bias = fit_logistic_regression(x, y, 3, l2=1e-2, steps=200)
     assert ((x @ weight.T + bias).argmax(1) == y).float().mean() > 0.95
-    # first-order optimality of the L2-regularised objective
-    w = weight.double().requires_grad_()
-    b = bias.double().requires_grad_()
-    loss = F.cross_entropy(x.double() @ w.T + b, y) + 0.5 * 1e-2 * w.pow(2).sum()
+    # first-order optimality of the L2-regularised objective on standardised features
+    mean, scale = x.double().mean(0), x.double().std(0)
+    z = (x.double() - mean) / scale
+    w = (weight.double() * scale).requires_grad_()  # the weights before folding
+    b = (bias.double() + weight.double() @ mean).requires_grad_()
+    loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * 1e-2 * w.pow(2).sum()
     loss.backward()
     assert float(w.grad.abs().max()) < 1e-4 and float(b.grad.abs().max()) < 1e-4
     # a stronger penalty gives smaller weights
