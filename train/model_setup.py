@@ -88,7 +88,6 @@ def build_training_model(
     if finetune != "full":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
-    model.finetune = finetune
     return model
 
 

@@ -6,6 +6,10 @@ clips (the paper; ``sync_bn`` for SyncBatchNorm on GPU), and DistributedDataPara
 gradients, so all ranks hold the same weights after every step. Rank 0 logs, checkpoints and
 validates.
 
+With ``precise_bn_batches`` the BN running statistics are recomputed with the final weights
+at the end (:mod:`r21d.train.precise_bn`): a short run's moving averages otherwise lag behind
+the weights and the model scores far worse in eval mode than it trained.
+
 A run folder holds ``config.yaml`` (the resolved options), ``labels.txt`` (the label map),
 ``metrics.jsonl``, ``checkpoints/`` (see :mod:`r21d.train.run_state`) and, at the end,
 ``model.safetensors``. ``resume`` continues from the newest checkpoint exactly: weights,
