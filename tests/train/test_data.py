@@ -180,3 +180,12 @@ def test_undecodable_videos_are_logged_and_replaced(tmp_path, caplog):
     only_bad = TrainClips([VideoRecord(bad, (0,))], spec)
     with pytest.raises(RuntimeError, match="undecodable"):
         only_bad[(0, 0)]
+
+
+def test_short_edge_training_clips(tmp_path):
+    path = write_video(tmp_path / "wide.mp4", 12, size=(192, 96))
+    spec = create_spec(
+        "r2plus1d_18", 2, 8, width=0.125, resize_mode="short_edge", resize_size=(128,)
+    )
+    clip = sample_training_clip(path, spec, np.random.default_rng(0))
+    assert clip.shape == (3, 8, 112, 112)  # from a 128x256 frame, aspect kept
