@@ -22,8 +22,11 @@ KINETICS_STD = (58.1489, 56.4701, 55.3324)
 ARCH_DEPTHS: dict[str, tuple[int, ...]] = {
     "r2plus1d": (18, 34, 50, 101, 152),  # Caffe2 widths (per-conv middle channels)
     "r2plus1d_tv": (18,),  # torchvision widths (per-block middle channels)
+    "r3d": (18, 34),  # the paper's 3D baseline: full 3x3x3 convs
     "i3d": (22,),  # Inception-v1 inflated: 22 layers deep
 }
+VIDEO_RESNETS = ("r2plus1d", "r2plus1d_tv", "r3d")
+"""Archs with the Caffe2 head: pool (clip_len/8, 7, 7) after /8 in time and /16 in space."""
 RESIZE_MODES = ("fixed", "short_edge")
 HEADS = ("fc", "fully_conv")
 
@@ -103,7 +106,7 @@ class ModelSpec:
             )
         if not isinstance(self.clip_len, int) or self.clip_len < 1:
             raise SpecError(f"clip_len must be a positive integer, got {self.clip_len!r}")
-        if self.arch.startswith("r2plus1d") and self.clip_len % 8:
+        if self.arch in VIDEO_RESNETS and self.clip_len % 8:
             raise SpecError(
                 f"clip_len {self.clip_len} is not a multiple of 8: the Caffe2 head pools "
                 "clip_len/8 frames in time (DESIGN.md s.3)"

@@ -64,7 +64,7 @@ def convert(
     else:
         tensors = state_dict.read_state_dict(src)
         num_classes = state_dict.num_classes_of(tensors)
-        stem_key = "stem.3.weight"
+        stem_key = "stem.0.weight" if name.startswith("r3d") else "stem.3.weight"
     if stem_key not in tensors:
         raise ImportMismatchError(
             f"{src}: no {stem_key}: not R(2+1)D weights in {source_format} layout"

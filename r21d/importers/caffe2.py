@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from r21d.importers.exact import ImportMismatchError, load_exact
+from r21d.importers.exact import ImportMismatchError
 from r21d.importers.safe_pickle import safe_load_pickle
-from r21d.models.r2plus1d import Conv2Plus1D, R2Plus1D
+from r21d.models.video_resnet import Conv2Plus1D, VideoResNet
 
 BN_SUFFIXES = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 
@@ -39,7 +39,7 @@ def num_classes_of(blobs: dict[str, np.ndarray]) -> int:
     return int(blobs[heads[0]].shape[0])
 
 
-def blob_names(model: R2Plus1D) -> dict[str, str]:
+def blob_names(model: VideoResNet) -> dict[str, str]:
     """Map each tensor name of ``model`` to the Caffe2 blob that holds it."""
     names: dict[str, str] = {}
 
@@ -50,10 +50,14 @@ def blob_names(model: R2Plus1D) -> dict[str, str]:
         for param, suffix in BN_SUFFIXES.items():
             names[f"{module_path}.{param}"] = f"{blob}_{suffix}"
 
-    conv("stem.0", "conv1_middle")
-    bn("stem.1", "conv1_middle_spatbn_relu")
-    conv("stem.3", "conv1")
-    bn("stem.4", "conv1_spatbn_relu")
+    if len(model.stem) == 3:  # R3D: one 3x7x7 conv
+        conv("stem.0", "conv1")
+        bn("stem.1", "conv1_spatbn_relu")
+    else:
+        conv("stem.0", "conv1_middle")
+        bn("stem.1", "conv1_middle_spatbn_relu")
+        conv("stem.3", "conv1")
+        bn("stem.4", "conv1_spatbn_relu")
 
     blocks = [
         (f"layer{s}.{b}", block)
@@ -80,8 +84,3 @@ def blob_names(model: R2Plus1D) -> dict[str, str]:
     names["fc.weight"] = f"last_out_L{n}_w"
     names["fc.bias"] = f"last_out_L{n}_b"
     return names
-
-
-def load_caffe2_blobs(model: R2Plus1D, blobs: dict[str, np.ndarray], origin: str) -> None:
-    """Load ``blobs`` into ``model``, every blob and every parameter used exactly once."""
-    load_exact(model, blobs, blob_names(model), origin)

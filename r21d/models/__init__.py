@@ -6,19 +6,17 @@ from collections.abc import Callable
 
 from torch import nn
 
-from r21d.models.r2plus1d import R2Plus1D
+from r21d.models.video_resnet import BlockStyle, VideoResNet
 from r21d.spec import ARCH_DEPTHS, ModelSpec, SpecError
 
 
-def _r2plus1d(spec: ModelSpec) -> nn.Module:
-    return R2Plus1D(
-        spec.depth,
-        spec.num_classes,
-        spec.clip_len,
-        width=spec.width,
-        bn_eps=spec.bn_eps,
+def _video_resnet(spec: ModelSpec) -> nn.Module:
+    style = BlockStyle(
+        conv="3d" if spec.arch == "r3d" else "2plus1d",
+        eps=spec.bn_eps,
         per_block_middle=spec.arch == "r2plus1d_tv",
     )
+    return VideoResNet(spec.depth, spec.num_classes, spec.clip_len, spec.width, style)
 
 
 def _i3d(spec: ModelSpec) -> nn.Module:
@@ -28,8 +26,9 @@ def _i3d(spec: ModelSpec) -> nn.Module:
 
 
 BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
-    "r2plus1d": _r2plus1d,
-    "r2plus1d_tv": _r2plus1d,
+    "r2plus1d": _video_resnet,
+    "r2plus1d_tv": _video_resnet,
+    "r3d": _video_resnet,
     "i3d": _i3d,
 }
 

@@ -51,6 +51,13 @@ def test_blob_name_set_matches_design(depth, classes):
     assert len(set(mapping.values())) == len(mapping)  # one blob per tensor
 
 
+def test_r3d_blob_names_have_no_middle_convs():
+    names = set(blob_names(create_model("r3d_18", 400, 8, width=0.125)).values())
+    assert {"conv1_w", "conv1_spatbn_relu_s", "comp_0_conv_1_w", "comp_7_conv_2_w"} <= names
+    assert not any("middle" in n for n in names)
+    assert len(names) == 5 + 8 * 2 * 5 + 3 * 5 + 2
+
+
 def caffe2_blobs_of(model) -> dict[str, np.ndarray]:
     """Blob dict written from a model by this test's own reading of DESIGN.md s.5."""
     sd = {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -6,7 +6,7 @@ from torch import nn
 
 from r21d.flops import count_flops, count_parameters
 from r21d.models import create_model, model_names, parse_name
-from r21d.models.r2plus1d import middle_width, stage_strides
+from r21d.models.video_resnet import middle_width, stage_strides
 from r21d.spec import SpecError
 
 
@@ -124,3 +124,14 @@ def test_registry_names_and_errors():
     assert parse_name("r2plus1d_tv_18") == ("r2plus1d_tv", 18)
     with pytest.raises(SpecError, match="unknown model"):
         parse_name("r2plus1d_20")
+
+
+def test_r3d_baseline_is_torchvisions_r3d_18_layout():
+    # torchvision's r3d_18 (same structure: 3x7x7 stem to 64, 3x3x3 convs) has 33,371,472.
+    model = create_model("r3d_18", 400, 16)
+    assert count_parameters(model) == 33_371_472
+    assert model.stem[0].kernel_size == (3, 7, 7) and len(model.stem) == 3
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d) and m.kernel_size != (1, 1, 1)]
+    assert all(c.kernel_size == (3, 3, 3) for c in convs[1:])
+    assert model.layer2[0].conv1[0].stride == (2, 2, 2)
+    assert model(torch.randn(1, 3, 16, 112, 112)).shape == (1, 400)

@@ -1,4 +1,5 @@
-"""R(2+1)D as Caffe2 built it (VMZ ``r3d_model.py``), with torchvision's module names.
+"""R(2+1)D (and the paper's R3D baseline) as Caffe2 built them (VMZ ``r3d_model.py``), with
+torchvision's module names.
 
 Module names follow torchvision's ``VideoResNet`` (``stem.0``, ``layer2.0.conv2.0.0`` ...), so
 ig65m-pytorch and torchvision state dicts map key for key. The widths follow Caffe2: the middle
@@ -11,6 +12,7 @@ width of every (2+1)D conv is computed from that conv's own (in, out) channels, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,24 +63,39 @@ def _shortcut(in_ch: int, out_ch: int, stride: tuple[int, int], eps: float) -> n
     return nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, (t, s, s), bias=False), _bn(out_ch, eps))
 
 
+@dataclass(frozen=True)
+class BlockStyle:
+    """How a block builds its convs.
+
+    ``conv`` is ``"2plus1d"`` (R(2+1)D) or ``"3d"`` (R3D, the paper's 3D baseline: full
+    3x3x3 convs). ``per_block_middle`` reuses the first conv's middle width for the second
+    (torchvision's rule) instead of computing it per conv (Caffe2's).
+    """
+
+    conv: str = "2plus1d"
+    eps: float = 1e-3
+    per_block_middle: bool = False
+
+    def conv3x3(self, in_ch: int, out_ch: int, mid_ch: int, stride: tuple[int, int]) -> nn.Module:
+        """The block's spatiotemporal conv (no bias); ``mid_ch`` only matters for (2+1)D."""
+        if self.conv == "3d":
+            t, s = stride
+            return nn.Conv3d(in_ch, out_ch, 3, (t, s, s), 1, bias=False)
+        return Conv2Plus1D(in_ch, out_ch, mid_ch, stride, self.eps)
+
+
 class BasicBlock(nn.Module):
-    """Two (2+1)D convs and a residual; ReLU after the sum."""
+    """Two spatiotemporal convs and a residual; ReLU after the sum."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: tuple[int, int],
-        eps: float,
-        per_block_middle: bool,
-    ):
+    def __init__(self, in_ch: int, width: int, stride: tuple[int, int], style: BlockStyle):
         super().__init__()
+        eps = style.eps
         mid1 = middle_width(in_ch, width)
-        mid2 = mid1 if per_block_middle else middle_width(width, width)
-        self.conv1 = _conv_bn(Conv2Plus1D(in_ch, width, mid1, stride, eps), width, eps, True)
-        self.conv2 = _conv_bn(Conv2Plus1D(width, width, mid2, (1, 1), eps), width, eps, False)
+        mid2 = mid1 if style.per_block_middle else middle_width(width, width)
+        self.conv1 = _conv_bn(style.conv3x3(in_ch, width, mid1, stride), width, eps, True)
+        self.conv2 = _conv_bn(style.conv3x3(width, width, mid2, (1, 1)), width, eps, False)
         needs_projection = in_ch != width or stride != (1, 1)
         self.downsample = _shortcut(in_ch, width, stride, eps) if needs_projection else None
         self.relu = nn.ReLU(inplace=True)
@@ -89,23 +106,17 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1x1 reduce -> (2+1)D conv (carries the stride) -> 1x1x1 expand, residual, ReLU."""
+    """1x1x1 reduce -> spatiotemporal conv (carries the stride) -> 1x1x1 expand, residual."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: tuple[int, int],
-        eps: float,
-        per_block_middle: bool,
-    ):
+    def __init__(self, in_ch: int, width: int, stride: tuple[int, int], style: BlockStyle):
         super().__init__()
+        eps = style.eps
         out_ch = width * self.expansion
         mid = middle_width(width, width)
         self.conv1 = _conv_bn(nn.Conv3d(in_ch, width, 1, bias=False), width, eps, True)
-        self.conv2 = _conv_bn(Conv2Plus1D(width, width, mid, stride, eps), width, eps, True)
+        self.conv2 = _conv_bn(style.conv3x3(width, width, mid, stride), width, eps, True)
         self.conv3 = _conv_bn(nn.Conv3d(width, out_ch, 1, bias=False), out_ch, eps, False)
         needs_projection = in_ch != out_ch or stride != (1, 1)
         self.downsample = _shortcut(in_ch, out_ch, stride, eps) if needs_projection else None
@@ -125,8 +136,24 @@ def stage_strides(clip_len: int) -> list[tuple[int, int]]:
     return [(1, 1), (2, 2), (2 if clip_len >= 4 else 1, 2), (2 if clip_len >= 8 else 1, 2)]
 
 
-class R2Plus1D(nn.Module):
-    """R(2+1)D video ResNet.
+def _stem(style: BlockStyle, out_ch: int, r2plus1d_mid: int) -> nn.Sequential:
+    """R(2+1)D: 1x7x7 conv to 45 (fixed, not the formula), BN, ReLU, 3x1x1 conv, BN, ReLU.
+    R3D: one 3x7x7 conv, BN, ReLU. Spatial stride 2, no max-pool."""
+    if style.conv == "3d":
+        conv = nn.Conv3d(3, out_ch, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False)
+        return nn.Sequential(conv, _bn(out_ch, style.eps), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv3d(3, r2plus1d_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
+        _bn(r2plus1d_mid, style.eps),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(r2plus1d_mid, out_ch, (3, 1, 1), 1, (1, 0, 0), bias=False),
+        _bn(out_ch, style.eps),
+        nn.ReLU(inplace=True),
+    )
+
+
+class VideoResNet(nn.Module):
+    """R(2+1)D (and the R3D baseline) video ResNet.
 
     ``forward`` takes a normalised float clip ``(N, 3, T, H, W)`` at the training size
     (T = clip_len, 112 x 112) and returns logits ``(N, num_classes)``; it refuses inputs that
@@ -148,30 +175,19 @@ class R2Plus1D(nn.Module):
         num_classes: int,
         clip_len: int,
         width: float = 1.0,
-        bn_eps: float = 1e-3,
-        per_block_middle: bool = False,
+        style: BlockStyle = BlockStyle(),
     ):
         super().__init__()
         block: Callable[..., nn.Module] = BasicBlock if depth in (18, 34) else Bottleneck
         widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
-        stem_mid = max(1, round(45 * width))  # Caffe2 fixes 45 rather than using the formula
-        self.stem = nn.Sequential(
-            nn.Conv3d(3, stem_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
-            _bn(stem_mid, bn_eps),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(stem_mid, widths[0], (3, 1, 1), 1, (1, 0, 0), bias=False),
-            _bn(widths[0], bn_eps),
-            nn.ReLU(inplace=True),
-        )
+        self.stem = _stem(style, widths[0], max(1, round(45 * width)))
         in_ch = widths[0]
         for index, (n_blocks, w, stride) in enumerate(
             zip(BLOCKS_PER_STAGE[depth], widths, stage_strides(clip_len), strict=True), start=1
         ):
             blocks = []
             for b in range(n_blocks):
-                blocks.append(
-                    block(in_ch, w, stride if b == 0 else (1, 1), bn_eps, per_block_middle)
-                )
+                blocks.append(block(in_ch, w, stride if b == 0 else (1, 1), style))
                 in_ch = w * block.expansion
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
         self.feature_dim = in_ch
