@@ -41,6 +41,9 @@ class TrainConfig:
     resize_size: list[int] = _opt((128, 171), "H W for fixed, the short side for short_edge")
     crop_size: int = _opt(112, "random crop size")
     init_from: str | None = _opt(None, "r21d checkpoint to start from (new classifier)")
+    inflate_from: str | None = _opt(
+        None, "2D ResNet state dict (.pth, torchvision layout) inflated into an r3d model"
+    )
     finetune: str = _opt("full", "what trains", ("full", "fc_only", "linear_probe"))
     # augmentation and targets
     flip: bool = _opt(False, "random horizontal flips (not for direction-sensitive classes)")

@@ -61,19 +61,36 @@ def training_spec(
 
 
 def build_training_model(
-    spec: ModelSpec, *, init_from: str | None = None, finetune: str = "full"
+    spec: ModelSpec,
+    *,
+    init_from: str | None = None,
+    inflate_from: str | None = None,
+    finetune: str = "full",
 ) -> nn.Module:
     """A model for ``spec`` ready to train, with ``finetune``'s parameters trainable.
 
     With ``init_from`` every backbone tensor of that checkpoint is loaded (strictly: any
-    missing or mis-shaped tensor is an error) and the classifier starts afresh.
+    missing or mis-shaped tensor is an error) and the classifier starts afresh. With
+    ``inflate_from`` (R3D only, the paper's 3D baseline) a 2D ResNet's weights are inflated
+    into the 3D backbone (:func:`r21d.train.inflate.inflate_resnet2d`).
     """
     if finetune not in FINETUNE_MODES:
         raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
-    if finetune != "full" and not init_from:
+    if finetune != "full" and not (init_from or inflate_from):
         raise ValueError(f"finetune={finetune} trains only the classifier: give init_from")
+    if init_from and inflate_from:
+        raise ValueError("give init_from or inflate_from, not both")
     model = build_model(spec)
     reset_classifier(model)
+    if inflate_from:
+        if spec.arch != "r3d":
+            raise ValueError(
+                f"inflation fills full 3x3x3 convs: use arch r3d_18 or r3d_34, not {spec.name}"
+            )
+        from r21d.importers.state_dict import read_state_dict
+        from r21d.train.inflate import inflate_resnet2d
+
+        model.load_state_dict(inflate_resnet2d(read_state_dict(inflate_from), model), strict=False)
     if init_from:
         source, _ = load_checkpoint(init_from)
         backbone = {k: v for k, v in model_tensors(source).items() if not k.startswith("fc.")}

@@ -86,7 +86,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         init_from=cfg.init_from,
     )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_training_model(spec, init_from=cfg.init_from, finetune=cfg.finetune)
+    model = build_training_model(
+        spec, init_from=cfg.init_from, inflate_from=cfg.inflate_from, finetune=cfg.finetune
+    )
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")

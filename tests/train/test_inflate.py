@@ -59,3 +59,59 @@ def test_inflate_state_dict_refuses_mismatched_networks():
     wrong["0.weight"] = torch.zeros(8, 3, 5, 5)
     with pytest.raises(ValueError, match="does not inflate"):
         inflate_state_dict(wrong, _net(3))
+
+
+def resnet18_2d_state(classes: int = 1000) -> dict[str, torch.Tensor]:
+    """torchvision's 2D ``resnet18`` state-dict layout (ImageNet weights look like this)."""
+    torch.manual_seed(2)
+    state: dict[str, torch.Tensor] = {}
+
+    def bn(prefix: str, ch: int) -> None:
+        for p in ("weight", "bias", "running_mean"):
+            state[f"{prefix}.{p}"] = torch.randn(ch)
+        state[f"{prefix}.running_var"] = torch.rand(ch) + 0.5
+        state[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
+
+    state["conv1.weight"] = torch.randn(64, 3, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for b in range(2):
+            p = f"layer{stage}.{b}"
+            state[f"{p}.conv1.weight"] = torch.randn(planes, inplanes, 3, 3)
+            bn(f"{p}.bn1", planes)
+            state[f"{p}.conv2.weight"] = torch.randn(planes, planes, 3, 3)
+            bn(f"{p}.bn2", planes)
+            if b == 0 and stage > 1:
+                state[f"{p}.downsample.0.weight"] = torch.randn(planes, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes)
+            inplanes = planes
+    state["fc.weight"] = torch.randn(classes, 512)
+    state["fc.bias"] = torch.randn(classes)
+    return state
+
+
+def test_a_2d_resnet_inflates_into_the_r3d_baseline(tmp_path):
+    from r21d.models import create_spec
+    from r21d.train.model_setup import build_training_model
+
+    state = resnet18_2d_state()
+    torch.save(state, tmp_path / "resnet18.pth")
+    spec = create_spec("r3d_18", 5, 8)
+    model = build_training_model(spec, inflate_from=str(tmp_path / "resnet18.pth"))
+    got = model.state_dict()
+    for t in range(3):  # every temporal slice is the 2D kernel / 3
+        torch.testing.assert_close(got["stem.0.weight"][:, :, t], state["conv1.weight"] / 3)
+        torch.testing.assert_close(
+            got["layer3.1.conv2.0.weight"][:, :, t], state["layer3.1.conv2.weight"] / 3
+        )
+    torch.testing.assert_close(got["layer2.0.downsample.0.weight"][:, :, 0],
+                               state["layer2.0.downsample.0.weight"])  # fmt: skip
+    torch.testing.assert_close(
+        got["layer4.1.conv1.1.running_var"], state["layer4.1.bn1.running_var"]
+    )
+    assert got["fc.weight"].shape == (5, 512) and float(got["fc.bias"].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="use arch r3d_18 or r3d_34"):
+        build_training_model(
+            create_spec("r2plus1d_18", 5, 8), inflate_from=str(tmp_path / "resnet18.pth")
+        )
