@@ -60,10 +60,17 @@ class Backend(ABC):
 
     @property
     def default_batch(self) -> int:
-        """Batch size used when the caller gives none."""
+        """Batch size used when the caller gives none.
+
+        On CPU, fp32 convolutions run fastest one clip at a time (benchmarks/results/model.md:
+        R(2+1)D-18 4.5 clips/s at batch 1, 3.5 at batch 8 on 2 cores), while bf16 gains from
+        small batches (14.8 clips/s at 1, 18.6 at 4); GPUs want large batches.
+        """
         if self.fixed_batch:
             return self.fixed_batch
-        return 8 if self.device == "cpu" else 32
+        if self.device == "cpu":
+            return 4 if self.precision == "bf16" else 1
+        return 32
 
     def run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities and pooled features for a batch of clips.

@@ -119,7 +119,8 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="clips per model call (default 8 on CPU, 32 on GPU, or the model's fixed size)",
+        help="clips per model call (default on CPU: 1 at fp32, 4 at bf16; 32 on GPU; or the "
+        "model's fixed size)",
     )
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="default: from the model file's suffix"
