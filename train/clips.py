@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from r21d.infer.clips import clip_span
 from r21d.infer.decode import decode_window, probe
 from r21d.spec import ModelSpec
 
@@ -38,7 +39,7 @@ def sample_training_clip(
     Raises the decoder's ``VideoError`` for a video that cannot be read.
     """
     info = probe(path)
-    span = (spec.clip_len - 1) * spec.frame_step + 1
+    span = clip_span(spec.clip_len, spec.frame_step)
     start = int(rng.integers(0, max(1, info.num_frames - span + 1)))
     frames = decode_window(
         path,
