@@ -30,6 +30,7 @@ from tqdm import tqdm
 from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
+from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.spec import ModelSpec
 
 
@@ -57,7 +58,7 @@ def read_manifest(path: str | Path, spec: ModelSpec) -> list[tuple[Path, int]]:
     """``(video path, class index)`` rows of a ``path,label`` CSV manifest."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} not found")
+        raise InputNotFoundError(f"manifest {path} not found")
     names = {name: i for i, name in enumerate(spec.labels or ())}
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
@@ -65,7 +66,7 @@ def read_manifest(path: str | Path, spec: ModelSpec) -> list[tuple[Path, int]]:
             if not fields or not "".join(fields).strip():
                 continue
             if len(fields) != 2:
-                raise ValueError(f"{path}:{line_no}: expected 'path,label', got {fields}")
+                raise BadOptionError(f"{path}:{line_no}: expected 'path,label', got {fields}")
             video, label = (x.strip() for x in fields)
             if line_no == 1 and (video.lower(), label.lower()) == ("path", "label"):
                 continue
@@ -74,13 +75,13 @@ def read_manifest(path: str | Path, spec: ModelSpec) -> list[tuple[Path, int]]:
             elif label.isdigit() and int(label) < spec.num_classes:
                 index = int(label)
             else:
-                raise ValueError(
+                raise BadOptionError(
                     f"{path}:{line_no}: label {label!r} is neither a class name of the model nor "
                     f"a class index below {spec.num_classes}"
                 )
             rows.append((path.parent / video, index))
     if not rows:
-        raise ValueError(f"manifest {path} lists no videos")
+        raise BadOptionError(f"manifest {path} lists no videos")
     return rows
 
 

@@ -21,6 +21,7 @@ from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
 from r21d.benchmarks.timing import time_call
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
+from r21d.errors import BadOptionError
 
 BASELINE_NAME = "baseline (decode all, torch resize, fp32 eager, 1 clip at a time)"
 
@@ -95,7 +96,7 @@ def _speed_row(pipeline: str, variant: Variant, timing, n_videos: int) -> dict:
 def run_baseline_bench(model: BenchModel, videos: list[Path], settings: BaselineSettings) -> Report:
     """Baseline and engine on the same videos and model; see the module docstring."""
     if not videos:
-        raise ValueError("no videos to score")
+        raise BadOptionError("no videos to score")
     videos = [Path(v) for v in videos]
     base_probs, base_timing = run_baseline(model, videos, settings)
     base = _speed_row(BASELINE_NAME, REFERENCE, base_timing, len(videos))

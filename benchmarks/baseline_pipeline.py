@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r21d.checkpoint import load_checkpoint
+from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
 
 
@@ -39,7 +40,7 @@ def decode_all_frames(path: str | Path) -> np.ndarray:
         stream.thread_type = "AUTO"
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
-        raise ValueError(f"{path}: no video frames decoded")
+        raise BadOptionError(f"{path}: no video frames decoded")
     return np.stack(frames)
 
 

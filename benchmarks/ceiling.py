@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from r21d.benchmarks.timing import time_call
+from r21d.errors import BadOptionError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,7 +43,7 @@ def matmul_ceiling(
     ``n`` defaults to 2048 on the CPU and 8192 on a GPU: large enough to be compute bound.
     """
     if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
+        raise BadOptionError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
     n = n or (8192 if device.startswith("cuda") else 2048)
     dtype = DTYPES[precision]
     a = torch.randn(n, n, device=device).to(dtype)

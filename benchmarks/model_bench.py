@@ -25,6 +25,7 @@ from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, line_plot, markdown_table
 from r21d.benchmarks.timing import time_call
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant, variant_available
+from r21d.errors import BadOptionError
 
 
 @dataclass
@@ -72,7 +73,7 @@ def plan(
 def run_model_bench(models: list[BenchModel], settings: ModelBenchSettings) -> Report:
     """Time every planned configuration under every variant; see the module docstring."""
     if not models:
-        raise ValueError("no models to benchmark")
+        raise BadOptionError("no models to benchmark")
     device = settings.device
     ceilings = {
         p: matmul_ceiling(device, p, settings.ceiling_n)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from r21d.checkpoint import read_spec, save_checkpoint
+from r21d.errors import InputNotFoundError
 from r21d.models import create_model
 from r21d.spec import ModelSpec
 
@@ -84,7 +85,7 @@ def find_i3d() -> Path | None:
     explicit = os.environ.get("R21D_I3D")
     if explicit:
         if not Path(explicit).is_file():
-            raise FileNotFoundError(f"R21D_I3D={explicit} is not a file")
+            raise InputNotFoundError(f"R21D_I3D={explicit} is not a file")
         return Path(explicit)
     path = default_cache_dir() / f"{I3D_NAME}.safetensors"
     return path if path.is_file() else None

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
+from r21d.errors import BadOptionError
 
 
 @dataclass
@@ -79,7 +80,7 @@ def run_parity_bench(model: BenchModel, videos: list[Path], settings: ParitySett
         except VideoError as e:
             unusable.append({"video": Path(video).name, "reason": str(e)})
     if not clips:
-        raise ValueError("none of the videos could be decoded")
+        raise BadOptionError("none of the videos could be decoded")
     ref_clip_probs = {
         name: _run_clips(reference, c, settings.batch_size)
         for name, c in tqdm(clips.items(), desc="parity torch:fp32", leave=False)

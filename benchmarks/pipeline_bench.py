@@ -26,6 +26,7 @@ from r21d.benchmarks.report import Report, bar_plot, markdown_table
 from r21d.benchmarks.timing import time_call
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
 from r21d.benchmarks.videos import cached_video, keyframe_interval
+from r21d.errors import BadOptionError
 
 PIPELINE_TARGET = 0.9
 LONG_TARGET = 3.0
@@ -79,7 +80,7 @@ def run_pipeline_bench(
     from r21d.infer.engine import ScoreOptions, default_workers, score_videos
 
     if not videos:
-        raise ValueError("no videos to score")
+        raise BadOptionError("no videos to score")
     backend = open_variant(model, settings.variant, settings.device)
     workers = default_workers() if settings.workers is None else settings.workers
     batch = settings.batch_size or backend.default_batch

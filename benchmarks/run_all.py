@@ -44,6 +44,7 @@ from r21d.benchmarks.pipeline_bench import PipelineSettings
 from r21d.benchmarks.report import Report, markdown_table, write_report
 from r21d.benchmarks.variants import REFERENCE, Variant, default_variants, variant_available
 from r21d.benchmarks.videos import REAL_LABELS, SHARED_VIDEOS, cached_video, real_clips
+from r21d.errors import BadOptionError, RuntimeUnavailableError
 
 BENCHMARKS = ("model", "pipeline", "baseline", "parity", "accuracy")
 
@@ -311,9 +312,9 @@ def run_all(
     """
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
-        raise ValueError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
+        raise BadOptionError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} asked for, but torch sees no CUDA GPU")
+        raise RuntimeUnavailableError(f"device {device} asked for, but torch sees no CUDA GPU")
     out = Path(out) if out is not None else default_out(device, quick)
     suite = Suite(device, Path(cache_dir), quick)
     lines, failed = [], False

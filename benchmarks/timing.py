@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from r21d.errors import BadOptionError
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -73,7 +75,7 @@ def time_call(
     time has passed and at least ``min_repeats`` calls are done.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise BadOptionError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
         fn()
     synchronize(device)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from r21d.benchmarks.ceiling import precision_supported
 from r21d.benchmarks.models import BenchModel
+from r21d.errors import BadOptionError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,13 +37,15 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         parts = text.strip().split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "cl"):
-            raise ValueError(f"variant {text!r} is not backend:precision[:cl]")
+            raise BadOptionError(f"variant {text!r} is not backend:precision[:cl]")
         if parts[0] not in BACKENDS:
-            raise ValueError(f"variant {text!r}: backend must be one of {BACKENDS}")
+            raise BadOptionError(f"variant {text!r}: backend must be one of {BACKENDS}")
         if parts[1] not in PRECISIONS:
-            raise ValueError(f"variant {text!r}: precision must be one of {PRECISIONS}")
+            raise BadOptionError(f"variant {text!r}: precision must be one of {PRECISIONS}")
         if len(parts) == 3 and parts[0] != "torch":
-            raise ValueError(f"variant {text!r}: channels_last applies to the torch backend only")
+            raise BadOptionError(
+                f"variant {text!r}: channels_last applies to the torch backend only"
+            )
         return cls(parts[0], parts[1], len(parts) == 3)
 
 
@@ -125,7 +128,7 @@ def exported_onnx(model: BenchModel, precision: str) -> Path:
     from r21d.export.onnx import export_onnx
 
     if precision == "bf16":
-        raise ValueError("no bf16 ONNX graphs: onnxruntime runs fp32 or fp16 graphs")
+        raise BadOptionError("no bf16 ONNX graphs: onnxruntime runs fp32 or fp16 graphs")
     out = model.checkpoint.parent / "exports" / f"{model.checkpoint.stem}.{precision}.onnx"
     if not _fresh(out, model.checkpoint):
         export_onnx(model.checkpoint, out, precision=precision, validate=False)

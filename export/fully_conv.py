@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
 
 INPUT_FORMATS = ("uint8", "float")
@@ -47,7 +48,7 @@ def check_input_shape(
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 5:
-        raise ValueError(
+        raise BadOptionError(
             f"input must have 5 dims, (N, T, H, W, 3) uint8 frames or (N, 3, T, H, W) float "
             f"clips; got shape {shape}"
         )
@@ -60,20 +61,22 @@ def check_input_shape(
         n, c, t, h, w = shape
         layout = "(N, 3, T, H, W)"
     else:
-        raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        raise BadOptionError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
     if c != 3:
-        raise ValueError(f"{input_format} input must be {layout} with 3 RGB channels; got {shape}")
+        raise BadOptionError(
+            f"{input_format} input must be {layout} with 3 RGB channels; got {shape}"
+        )
     if n < 1:
-        raise ValueError(f"batch size must be at least 1; got shape {shape}")
+        raise BadOptionError(f"batch size must be at least 1; got shape {shape}")
     if t < spec.min_frames:
-        raise ValueError(
+        raise BadOptionError(
             f"clip of {t} frames is shorter than the {spec.min_frames} frames {spec.name} needs: "
             f"its head pools over {max(1, spec.clip_len // 8)} time step(s) left after the /8 "
             f"temporal down-sampling (clip_len {spec.clip_len})"
         )
     size = min_spatial_size(spec)
     if h < size or w < size:
-        raise ValueError(
+        raise BadOptionError(
             f"frames of {h}x{w} are smaller than the {size}x{size} {spec.name} needs: its head "
             f"pools 7x7 positions after the /{SPATIAL_STRIDE[spec.arch]} down-sampling"
         )
@@ -105,7 +108,9 @@ class FullyConvolutional(nn.Module):
     ):
         super().__init__()
         if input_format not in INPUT_FORMATS:
-            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+            raise BadOptionError(
+                f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}"
+            )
         for name in ("features", "pool", "classifier_map", "position_average"):
             if not hasattr(model, name):
                 raise TypeError(
@@ -113,7 +118,7 @@ class FullyConvolutional(nn.Module):
                     "protocol (features, pool, classifier_map, position_average)"
                 )
         if model.position_average not in ("probs", "logits"):
-            raise ValueError(f"unknown position_average {model.position_average!r}")
+            raise BadOptionError(f"unknown position_average {model.position_average!r}")
         self.model = model
         self.spec = spec.replace(head="fully_conv")
         self.input_format = input_format

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import onnx
 
+from r21d.errors import BadModelFileError, InputNotFoundError
 from r21d.export.fully_conv import INPUT_FORMATS
 from r21d.export.onnx import INPUT_KEY, PARITY_KEY, PRECISION_KEY, PRECISIONS, format_parity
 from r21d.spec import SPEC_KEY, ModelSpec, SpecError
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(BadModelFileError):
     """A file that is not a usable r21d ONNX model."""
 
 
@@ -38,7 +39,7 @@ def load_onnx_info(path: str | Path) -> OnnxInfo:
     """Parse ``path`` (weights included, to catch truncation) and read the r21d metadata."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise InputNotFoundError(f"{path} not found")
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from r21d.errors import BadOptionError, ValidationError
 from r21d.export.fully_conv import INPUT_FORMATS, FullyConvolutional, min_spatial_size
 from r21d.spec import SPEC_KEY, ModelSpec
 
@@ -44,7 +45,7 @@ up to 3e-2 on onnxruntime CPU, so fp16 is a precision mode to report, not a free
 MIN_OPSET = 18
 
 
-class ParityError(RuntimeError):
+class ParityError(ValidationError):
     """The exported graph does not reproduce the torch model within tolerance."""
 
 
@@ -102,15 +103,15 @@ def export_onnx(
     differ by more than :data:`TOLERANCE`.
     """
     if input_format not in INPUT_FORMATS:
-        raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        raise BadOptionError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise BadOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: the dynamo exporter needs {MIN_OPSET}+")
+        raise BadOptionError(f"opset {opset} is too old: the dynamo exporter needs {MIN_OPSET}+")
     model, spec = _load_source(source)
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
-        raise ValueError(f"output must be a .onnx file, got {out_path}")
+        raise BadOptionError(f"output must be a .onnx file, got {out_path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp.onnx")
 

@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from r21d.checkpoint import file_sha256
+from r21d.errors import (
+    BadModelFileError,
+    BadOptionError,
+    InputNotFoundError,
+    RuntimeUnavailableError,
+    missing_package,
+)
 from r21d.export.fully_conv import check_input_shape, min_spatial_size
 from r21d.export.inspect import load_onnx_info
 from r21d.export.onnx import PRECISIONS
@@ -33,7 +40,7 @@ Shape = tuple[int, int, int, int]
 """(N, T, H, W): batch, frames, height, width, whatever the input layout."""
 
 
-class EngineError(ValueError):
+class EngineError(BadModelFileError):
     """A TensorRT engine r21d cannot describe or use (missing or stale ``.json`` record)."""
 
 
@@ -42,9 +49,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError:
-        raise ImportError(
-            "TensorRT is not installed: pip install r21d[tensorrt] (or pip install tensorrt)"
-        ) from None
+        raise missing_package("tensorrt", "tensorrt", "the TensorRT backend and builder") from None
     return tensorrt
 
 
@@ -71,7 +76,7 @@ def parse_shape(text: str) -> Shape:
     """``"8x16x128x171"`` -> (8, 16, 128, 171)."""
     parts = text.lower().split("x")
     if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"shape must be NxTxHxW with positive integers, got {text!r}")
+        raise BadOptionError(f"shape must be NxTxHxW with positive integers, got {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
@@ -96,16 +101,16 @@ def build_engine(
     spec = info.spec
     precision = precision or info.precision
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise BadOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32" and info.precision == "fp16":
-        raise ValueError(f"{onnx_path} is an FP16 graph; export an FP32 one for an FP32 engine")
+        raise BadOptionError(f"{onnx_path} is an FP16 graph; export an FP32 one for an FP32 engine")
     shapes = _profile(spec, info.input_format, min_shape, opt_shape, max_shape)
 
     trt = import_tensorrt()
     major = int(trt.__version__.split(".")[0])
     strongly_typed = info.precision == "fp16" or major >= 11
     if precision == "fp16" and info.precision == "fp32" and major >= 11:
-        raise ValueError(
+        raise BadOptionError(
             f"TensorRT {trt.__version__} builds strongly typed networks only: an FP16 engine "
             "needs an FP16 graph (r21d export onnx --precision fp16), not the FP32 "
             f"{Path(onnx_path).name}"
@@ -120,7 +125,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise BadModelFileError(f"TensorRT could not parse {onnx_path}: {errors}")
 
     config = builder.create_builder_config()
     if workspace_gib:
@@ -140,7 +145,9 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see log)")
+        raise RuntimeUnavailableError(
+            f"TensorRT failed to build an engine from {onnx_path} (see log)"
+        )
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(serialized))
@@ -171,7 +178,7 @@ def read_engine_record(engine_path: str | Path, verify: bool = True) -> dict:
     checked so a record left over from another build cannot describe this engine)."""
     engine_path = Path(engine_path)
     if not engine_path.is_file():
-        raise FileNotFoundError(f"{engine_path} not found")
+        raise InputNotFoundError(f"{engine_path} not found")
     path = record_path(engine_path)
     if not path.is_file():
         raise EngineError(
@@ -223,14 +230,16 @@ def _profile(
     )
     for name, shape in zip(("min", "opt", "max"), shapes, strict=True):
         if len(shape) != 4:
-            raise ValueError(f"{name} shape must be (N, T, H, W), got {shape}")
+            raise BadOptionError(f"{name} shape must be (N, T, H, W), got {shape}")
         try:
             check_input_shape(spec, _layout(shape, input_format), input_format)
         except ValueError as e:
-            raise ValueError(f"{name} shape {'x'.join(map(str, shape))}: {e}") from None
+            raise BadOptionError(f"{name} shape {'x'.join(map(str, shape))}: {e}") from None
     low, opt, high = shapes
     if not all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
-        raise ValueError(f"profile needs min <= opt <= max in every dim, got {low}, {opt}, {high}")
+        raise BadOptionError(
+            f"profile needs min <= opt <= max in every dim, got {low}, {opt}, {high}"
+        )
     return shapes  # type: ignore[return-value]
 
 

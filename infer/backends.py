@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from r21d.errors import BadOptionError, InputNotFoundError, RuntimeUnavailableError
 from r21d.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -37,7 +38,7 @@ SUFFIX_BACKEND = {
 }
 
 
-class BackendError(RuntimeError):
+class BackendError(RuntimeUnavailableError):
     """A backend that cannot run as asked (missing runtime, wrong device, unsupported mode)."""
 
 
@@ -82,15 +83,15 @@ class Backend(ABC):
 
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
             kind = getattr(frames, "dtype", type(frames).__name__)
-            raise ValueError(f"frames must be a uint8 numpy array (N, T, H, W, 3), got {kind}")
+            raise BadOptionError(f"frames must be a uint8 numpy array (N, T, H, W, 3), got {kind}")
         check_input_shape(self.spec, frames.shape, "uint8")
         n = frames.shape[0]
         if self.fixed_batch and n != self.fixed_batch:
-            raise ValueError(
+            raise BadOptionError(
                 f"{self.name} model takes batches of exactly {self.fixed_batch} clips, got {n}"
             )
         if self.max_batch and n > self.max_batch:
-            raise ValueError(f"{self.name} model takes at most {self.max_batch} clips, got {n}")
+            raise BadOptionError(f"{self.name} model takes at most {self.max_batch} clips, got {n}")
         probs, features = self._run(np.ascontiguousarray(frames))
         return np.asarray(probs, np.float32), np.asarray(features, np.float32)
 
@@ -129,23 +130,23 @@ def open_backend(
     """
     path = Path(model_path)
     if not path.is_file():
-        raise FileNotFoundError(f"model {path} not found")
+        raise InputNotFoundError(f"model {path} not found")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise BadOptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise BadOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = _parse_device(device)
     if backend == "auto":
         backend = SUFFIX_BACKEND.get(path.suffix.lower())
         if backend is None:
-            raise ValueError(
+            raise BadOptionError(
                 f"cannot tell the backend from {path.name!r}: expected "
                 f"{', '.join(SUFFIX_BACKEND)} (or pass --backend)"
             )
     if channels_last and backend != "torch":
-        raise ValueError("channels_last applies to the torch backend only")
+        raise BadOptionError("channels_last applies to the torch backend only")
     if ort_provider is not None and backend != "onnxruntime":
-        raise ValueError(f"an onnxruntime provider was given for the {backend} backend")
+        raise BadOptionError(f"an onnxruntime provider was given for the {backend} backend")
     if backend == "torch":
         return TorchBackend(path, device, precision or "fp32", channels_last, threads)
     if backend == "onnxruntime":
@@ -163,7 +164,7 @@ def _parse_device(device: str) -> str:
     kind, _, index = device.partition(":")
     if kind == "cuda" and index.isdigit():
         return device
-    raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    raise BadOptionError(f"device must be cpu, cuda or cuda:N, got {device!r}")
 
 
 class TorchBackend(Backend):
@@ -258,7 +259,7 @@ class OnnxRuntimeBackend(Backend):
         self.spec = load_onnx_spec(path)
         provider = provider or ("cpu" if device == "cpu" else "cuda")
         if provider not in ORT_PROVIDERS:
-            raise ValueError(f"onnxruntime provider must be one of {tuple(ORT_PROVIDERS)}")
+            raise BadOptionError(f"onnxruntime provider must be one of {tuple(ORT_PROVIDERS)}")
         if provider != "cpu" and device == "cpu":
             device = "cuda:0"
         device_id = int(device.partition(":")[2] or 0)
@@ -344,7 +345,7 @@ class OnnxRuntimeBackend(Backend):
             frames = np.ascontiguousarray(frames)
         for want, got in zip(expected, given, strict=True):
             if isinstance(want, int) and want != got:
-                raise ValueError(
+                raise BadOptionError(
                     f"this ONNX graph has a static input shape {expected}; got {given} "
                     "(export with dynamic shapes to score other sizes)"
                 )
@@ -457,7 +458,7 @@ class TensorRTBackend(Backend):
             x = x.to(self._torch_dtype(self._input)).contiguous()
             context = self._context
             if not context.set_input_shape(self._input, tuple(x.shape)):
-                raise ValueError(
+                raise BadOptionError(
                     f"input shape {tuple(x.shape)} is outside this engine's optimisation profile "
                     f"{self._engine.get_tensor_profile_shape(self._input, 0)}"
                 )

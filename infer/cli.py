@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from r21d.errors import BadOptionError, InputNotFoundError
+
 VIDEO_EXTENSIONS = frozenset(
     (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
     + (".3gp",)
@@ -44,7 +46,7 @@ def find_videos(inputs: list[str], list_files: list[str] = ()) -> list[str]:
     for item in [p for p in inputs if not p.startswith("@")]:
         path = Path(item)
         if not path.exists():
-            raise FileNotFoundError(f"{item} not found")
+            raise InputNotFoundError(f"{item} not found")
         found += _expand(path)
     for list_file in lists:
         entries = _read_list(Path(list_file))
@@ -69,7 +71,7 @@ def _expand(path: Path) -> list[str]:
 
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"list file {path} not found")
+        raise InputNotFoundError(f"list file {path} not found")
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
@@ -195,7 +197,7 @@ def _open(args: argparse.Namespace):
 
     paths = find_videos(args.paths, args.list)
     if not paths:
-        raise ValueError(f"no videos found in {' '.join(args.paths + args.list)}")
+        raise BadOptionError(f"no videos found in {' '.join(args.paths + args.list)}")
     options = ScoreOptions(
         num_clips=args.clips,
         crops=args.crops,
@@ -220,7 +222,7 @@ def _open(args: argparse.Namespace):
 def _check_same_model(records: list[dict], model: str, output: str) -> None:
     others = {r.get("model") for r in records} - {model, None, ""}
     if others:
-        raise ValueError(
+        raise BadOptionError(
             f"{output} holds results of {', '.join(sorted(others))}, not {model}; "
             "use another output or --overwrite"
         )
@@ -287,7 +289,7 @@ def score_command(args: argparse.Namespace) -> int:
     from r21d.infer.records import RecordFile, csv_columns, output_format, score_record
 
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        raise BadOptionError(f"--top-k must be >= 1, got {args.top_k}")
     paths, backend, options = _open(args)
     spec, model = backend.spec, Path(args.model).name
     fmt = output_format(args.output, args.format)
@@ -320,7 +322,7 @@ def extract_command(args: argparse.Namespace) -> int:
 
     directory = Path(args.output)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"-o {directory} exists and is not a folder")
+        raise BadOptionError(f"-o {directory} exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
     paths, backend, options = _open(args)
     model = Path(args.model).name

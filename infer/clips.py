@@ -13,15 +13,17 @@ can be checked in isolation:
 
 from __future__ import annotations
 
+from r21d.errors import BadOptionError
+
 RESIZE_MODES = ("fixed", "short_edge")
 
 
 def clip_span(clip_len: int, frame_step: int = 1) -> int:
     """Number of video frames one clip covers, first to last frame inclusive."""
     if clip_len < 1:
-        raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        raise BadOptionError(f"clip_len must be >= 1, got {clip_len}")
     if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+        raise BadOptionError(f"frame_step must be >= 1, got {frame_step}")
     return (clip_len - 1) * frame_step + 1
 
 
@@ -35,9 +37,9 @@ def clip_starts(
     """
     span = clip_span(clip_len, frame_step)
     if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        raise BadOptionError(f"num_clips must be >= 1, got {num_clips}")
     if num_frames < 0:
-        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+        raise BadOptionError(f"num_frames must be >= 0, got {num_frames}")
     room = num_frames - span
     if room <= 0:
         return [0] * num_clips
@@ -54,7 +56,7 @@ def clip_frame_indices(start: int, clip_len: int, frame_step: int, num_frames: i
     """
     clip_span(clip_len, frame_step)
     if num_frames < 1:
-        raise ValueError(f"a clip needs at least one frame, the video has {num_frames}")
+        raise BadOptionError(f"a clip needs at least one frame, the video has {num_frames}")
     last = num_frames - 1
     return [min(start + k * frame_step, last) for k in range(clip_len)]
 
@@ -76,16 +78,16 @@ def resized_shape(
     size = (resize_size,) if isinstance(resize_size, int) else tuple(resize_size)
     if resize_mode == "fixed":
         if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"fixed resizing needs resize_size=(height, width), got {size}")
+            raise BadOptionError(f"fixed resizing needs resize_size=(height, width), got {size}")
         return size[0], size[1]
     if resize_mode == "short_edge":
         if len(size) != 1 or size[0] < 1:
-            raise ValueError(f"short_edge resizing needs resize_size=(short_side,), got {size}")
+            raise BadOptionError(f"short_edge resizing needs resize_size=(short_side,), got {size}")
         short = size[0]
         if height <= width:
             return short, max(short, round(width * short / height))
         return max(short, round(height * short / width)), short
-    raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    raise BadOptionError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
 
 
 def crop_boxes(
@@ -98,13 +100,13 @@ def crop_boxes(
     landscape frame, top/centre/bottom for a portrait one), centred on the short side.
     """
     if crops not in (1, 3):
-        raise ValueError(f"crops must be 1 or 3, got {crops}")
+        raise BadOptionError(f"crops must be 1 or 3, got {crops}")
     if crop_size is None:
         if crops != 1:
-            raise ValueError("three crops need a crop_size; crop_size=None is the whole frame")
+            raise BadOptionError("three crops need a crop_size; crop_size=None is the whole frame")
         return [(0, 0, height, width)]
     if not 1 <= crop_size <= min(height, width):
-        raise ValueError(f"crop_size {crop_size} does not fit a {height}x{width} frame")
+        raise BadOptionError(f"crop_size {crop_size} does not fit a {height}x{width} frame")
     top, left = (height - crop_size) // 2, (width - crop_size) // 2
     if crops == 1:
         return [(top, left, crop_size, crop_size)]

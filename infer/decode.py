@@ -23,6 +23,7 @@ import numpy as np
 from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
 
+from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
 
 from .clips import (
@@ -101,7 +102,7 @@ def decode_clips(
     """
     span = clip_span(clip_len, frame_step)
     if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        raise BadOptionError(f"num_clips must be >= 1, got {num_clips}")
     resized_shape(1, 1, resize_mode, resize_size)  # reject a bad mode or size before decoding
     with open_video(path) as (container, stream):
         reader, info = _open_reader(path, container, stream, keep=span)

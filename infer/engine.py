@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -65,17 +66,19 @@ class ScoreOptions:
 
     def __post_init__(self) -> None:
         if self.num_clips < 1:
-            raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
+            raise BadOptionError(f"num_clips must be >= 1, got {self.num_clips}")
         if self.crops not in (1, 3):
-            raise ValueError(f"crops must be 1 or 3, got {self.crops}")
+            raise BadOptionError(f"crops must be 1 or 3, got {self.crops}")
         if self.full_frame and self.crops != 1:
-            raise ValueError("full-frame scoring takes the whole frame: crops must be 1")
+            raise BadOptionError("full-frame scoring takes the whole frame: crops must be 1")
         if self.resize_mode not in (None, "fixed", "short_edge"):
-            raise ValueError(f"resize_mode must be fixed or short_edge, got {self.resize_mode!r}")
+            raise BadOptionError(
+                f"resize_mode must be fixed or short_edge, got {self.resize_mode!r}"
+            )
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise BadOptionError(f"workers must be >= 0, got {self.workers}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise BadOptionError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -365,7 +368,7 @@ def score_videos(
     spec = decode_spec(backend.spec, options.resize_mode)
     batch_size = options.batch_size or backend.default_batch
     if backend.fixed_batch and batch_size != backend.fixed_batch:
-        raise ValueError(
+        raise BadOptionError(
             f"this {backend.name} model takes batches of exactly {backend.fixed_batch} clips; "
             f"batch size {batch_size} asked for"
         )

@@ -33,6 +33,8 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
+from r21d.errors import BadOptionError
+
 from .video_info import VideoError
 
 LOOKAHEAD = 8
@@ -94,7 +96,7 @@ class FrameReader:
     def read(self, start: int, count: int) -> list[tuple[int, VideoFrame]]:
         """Frames ``start .. start+count-1`` as (index, frame), fewer where the stream ends."""
         if start < 0 or count < 1:
-            raise ValueError(f"bad frame range: start {start}, count {count}")
+            raise BadOptionError(f"bad frame range: start {start}, count {count}")
         stop = start + count if self.end is None else min(start + count, self.end)
         first_held = self._history[0][0] if self._history else self._next
         held = first_held <= start

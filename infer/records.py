@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
 
 FORMATS = ("jsonl", "csv")
@@ -56,7 +57,7 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
     """``fmt`` if given, else ``csv`` for a ``.csv`` suffix and ``jsonl`` otherwise."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+            raise BadOptionError(f"format must be one of {FORMATS}, got {fmt!r}")
         return fmt
     return "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
 
@@ -111,9 +112,9 @@ class RecordFile:
         overwrite: bool = False,
     ):
         if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+            raise BadOptionError(f"format must be one of {FORMATS}, got {fmt!r}")
         if fmt == "csv" and not columns:
-            raise ValueError("a CSV record file needs its columns")
+            raise BadOptionError("a CSV record file needs its columns")
         self.path = Path(path)
         self.fmt = fmt
         self.columns = columns
@@ -167,7 +168,7 @@ class RecordFile:
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise BadOptionError(
                 f"{self.path} is being written by another run (it holds the file lock)"
             ) from None
 
@@ -193,7 +194,7 @@ class RecordFile:
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict) or "path" not in record:
-                raise ValueError(
+                raise BadOptionError(
                     f"{self.path}, line {number}: not a record written by r21d; use another "
                     "output file or --overwrite"
                 )
@@ -205,7 +206,7 @@ class RecordFile:
             return []
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames != self.columns:
-            raise ValueError(
+            raise BadOptionError(
                 f"{self.path} has the columns {reader.fieldnames}, this run writes "
                 f"{self.columns} (another --top-k?); use another output file or --overwrite"
             )

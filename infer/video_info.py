@@ -16,8 +16,10 @@ import av
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
+from r21d.errors import BadVideoError
 
-class VideoError(ValueError):
+
+class VideoError(BadVideoError):
     """A video that cannot be decoded; the message names the file and the reason."""
 
 

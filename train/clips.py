@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from r21d.errors import BadOptionError
 from r21d.infer.clips import clip_span
 from r21d.infer.decode import decode_window, probe
 from r21d.spec import ModelSpec
@@ -58,7 +59,7 @@ def random_crop(
     """The same random ``size`` x ``size`` window of all frames ``(T, H, W, 3)``, maybe mirrored."""
     _, h, w, _ = frames.shape
     if h < size or w < size:
-        raise ValueError(f"frames of {h}x{w} are smaller than the {size}x{size} crop")
+        raise BadOptionError(f"frames of {h}x{w} are smaller than the {size}x{size} crop")
     y = int(rng.integers(0, h - size + 1))
     x = int(rng.integers(0, w - size + 1))
     crop = frames[:, y : y + size, x : x + size]

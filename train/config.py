@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from r21d.errors import BadOptionError, InputNotFoundError
+
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -86,16 +88,16 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` for missing or contradictory options."""
         if not self.output_dir:
-            raise ValueError("output_dir is required")
+            raise BadOptionError("output_dir is required")
         if not self.train_manifest:
-            raise ValueError("train_manifest is required")
+            raise BadOptionError("train_manifest is required")
         for name in ("batch_size", "max_steps", "clip_len", "frame_step", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise BadOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
+                raise BadOptionError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
 
@@ -124,26 +126,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
+        raise InputNotFoundError(f"config file {path} not found")
     text = path.read_text("utf-8")
     if path.suffix == ".toml":
         try:
             import tomllib
         except ImportError:  # Python 3.10
-            raise ImportError("TOML configs need Python 3.11 or later; use YAML") from None
+            raise BadOptionError("TOML configs need Python 3.11 or later; use YAML") from None
 
         data = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
         data = yaml.safe_load(text) or {}
     else:
-        raise ValueError(f"{path}: config must be .yaml, .yml or .toml")
+        raise BadOptionError(f"{path}: config must be .yaml, .yml or .toml")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: config must be a mapping of option names to values")
+        raise BadOptionError(f"{path}: config must be a mapping of option names to values")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown options {unknown}")
+        raise BadOptionError(f"{path}: unknown options {unknown}")
     return data
 
 

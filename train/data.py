@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.labels import load_labels
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -59,9 +60,9 @@ def load_video_set(source: str | Path, label_names: Sequence[str] | None = None)
     elif source.is_file():
         entries = _read_manifest(source)
     else:
-        raise FileNotFoundError(f"manifest or video folder {source} not found")
+        raise InputNotFoundError(f"manifest or video folder {source} not found")
     if not entries:
-        raise ValueError(f"{source}: no videos listed")
+        raise BadOptionError(f"{source}: no videos listed")
     names = (
         tuple(label_names) if label_names else tuple(sorted({n for _, ns in entries for n in ns}))
     )
@@ -70,7 +71,7 @@ def load_video_set(source: str | Path, label_names: Sequence[str] | None = None)
     for path, labels in entries:
         unknown = [n for n in labels if n not in index]
         if unknown:
-            raise ValueError(f"{source}: {path} has labels not in the label map: {unknown[:3]}")
+            raise BadOptionError(f"{source}: {path} has labels not in the label map: {unknown[:3]}")
         records.append(VideoRecord(path, tuple(dict.fromkeys(index[n] for n in labels))))
     return VideoSet(records, names)
 
@@ -106,7 +107,7 @@ def write_manifest(
                 entry = {"path": p, "label": ns[0]} if len(ns) == 1 else {"path": p, "labels": ns}
                 f.write(json.dumps(entry) + "\n")
     else:
-        raise ValueError(f"{path}: manifest must end in .jsonl, .json or .csv")
+        raise BadOptionError(f"{path}: manifest must end in .jsonl, .json or .csv")
     return path
 
 
@@ -123,15 +124,15 @@ def _read_manifest(path: Path) -> list[tuple[Path, list[str]]]:
             try:
                 raw.append((json.loads(line), n))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+                raise BadOptionError(f"{path}:{n}: not valid JSON ({e})") from None
     else:
-        raise ValueError(f"{path}: manifest must end in .jsonl, .json or .csv")
+        raise BadOptionError(f"{path}: manifest must end in .jsonl, .json or .csv")
     return [_entry(row, f"{path}:{n}", path.parent) for row, n in raw]
 
 
 def _entry(row: object, where: str, base: Path) -> tuple[Path, list[str]]:
     if not isinstance(row, dict) or not row.get("path"):
-        raise ValueError(f"{where}: entry needs a 'path'")
+        raise BadOptionError(f"{where}: entry needs a 'path'")
     labels = row.get("labels", row.get("label"))
     if isinstance(labels, str):
         labels = [s.strip() for s in labels.split(LABEL_SEPARATOR)]
@@ -140,7 +141,7 @@ def _entry(row: object, where: str, base: Path) -> tuple[Path, list[str]]:
         or not labels
         or not all(isinstance(s, str) and s.strip() for s in labels)
     ):
-        raise ValueError(f"{where}: entry needs a non-empty 'label' or 'labels'")
+        raise BadOptionError(f"{where}: entry needs a non-empty 'label' or 'labels'")
     path = Path(row["path"])
     return (path if path.is_absolute() else base / path), [s.strip() for s in labels]
 

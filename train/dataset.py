@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from r21d.errors import BadOptionError, BadVideoError
 from r21d.infer.decode import VideoError
 from r21d.spec import ModelSpec
 from r21d.train.clips import sample_training_clip
@@ -45,7 +46,9 @@ class TrainClips(Dataset):
         multi_label: str = "sample",
     ):
         if multi_label not in MULTI_LABEL_MODES:
-            raise ValueError(f"multi_label must be one of {MULTI_LABEL_MODES}, got {multi_label!r}")
+            raise BadOptionError(
+                f"multi_label must be one of {MULTI_LABEL_MODES}, got {multi_label!r}"
+            )
         self.records = list(records)
         self.spec = spec
         self.flip = flip
@@ -68,7 +71,7 @@ class TrainClips(Dataset):
                     log.warning("skipping undecodable training video %s: %s", record.path, e)
                     self.bad.add(index)
             index = int(np.random.default_rng([seed, attempt, 1]).integers(len(self.records)))
-        raise RuntimeError(
+        raise BadVideoError(
             f"{MAX_ATTEMPTS} draws in a row hit undecodable videos ({len(self.bad)} bad so far); "
             "check the training manifest"
         )

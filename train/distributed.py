@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from r21d.errors import RuntimeUnavailableError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -34,7 +36,7 @@ def setup(device: str = "auto") -> Context:
     """Join the ``torchrun`` process group (if any) and pick this process's device."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda asked for, but torch sees no CUDA device")
+        raise RuntimeUnavailableError("device=cuda asked for, but torch sees no CUDA device")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 import re
 
+from r21d.errors import BadOptionError
+
 _STOP_TEXT = """a an the of on in at to for with from by and or into onto up down out off over
 under someone something someones ones"""
 STOP_WORDS = frozenset(_STOP_TEXT.split())
@@ -94,10 +96,10 @@ def relevant_hashtags(label: str, max_words: int = 5) -> list[str]:
     words = re.findall(r"[a-z0-9']+", label.lower())
     words = [w.replace("'", "") for w in words]
     if not words:
-        raise ValueError(f"label {label!r} has no words")
+        raise BadOptionError(f"label {label!r} has no words")
     content = [w for w in words if w not in STOP_WORDS] or words
     if len(content) > max_words:
-        raise ValueError(
+        raise BadOptionError(
             f"label {label!r} has {len(content)} content words; more than {max_words} would "
             "give too many orders"
         )

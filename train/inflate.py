@@ -14,15 +14,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from r21d.errors import BadOptionError
+
 
 def inflate_2d_to_3d(weight_2d: torch.Tensor, time: int) -> torch.Tensor:
     """``(out, in, kh, kw)`` -> ``(out, in, time, kh, kw)``: repeated along time, divided by it."""
     if weight_2d.dim() != 4:
-        raise ValueError(
+        raise BadOptionError(
             f"expected a 2D conv weight (out, in, kh, kw), got {tuple(weight_2d.shape)}"
         )
     if time < 1:
-        raise ValueError(f"time must be >= 1, got {time}")
+        raise BadOptionError(f"time must be >= 1, got {time}")
     return weight_2d.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
 
 
@@ -41,7 +43,7 @@ def inflate_state_dict(
     missing = sorted(set(target) - set(state_2d) - counters)
     unexpected = sorted(set(state_2d) - set(target))
     if missing or unexpected:
-        raise ValueError(
+        raise BadOptionError(
             f"2D and 3D state dicts differ: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     out = {}
@@ -50,7 +52,7 @@ def inflate_state_dict(
         if value.dim() == 4 and want.dim() == 5:
             value = inflate_2d_to_3d(value, want.shape[2])
         if value.shape != want.shape:
-            raise ValueError(
+            raise BadOptionError(
                 f"{key}: 2D shape {tuple(value.shape)} does not inflate to {tuple(want.shape)}"
             )
         out[key] = value.to(want.dtype)

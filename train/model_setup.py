@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from r21d.checkpoint import load_checkpoint, model_tensors
+from r21d.errors import BadOptionError
 from r21d.models import build_model, create_spec
 from r21d.spec import ModelSpec
 
@@ -75,16 +76,16 @@ def build_training_model(
     into the 3D backbone (:func:`r21d.train.inflate.inflate_resnet2d`).
     """
     if finetune not in FINETUNE_MODES:
-        raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        raise BadOptionError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
     if finetune != "full" and not (init_from or inflate_from):
-        raise ValueError(f"finetune={finetune} trains only the classifier: give init_from")
+        raise BadOptionError(f"finetune={finetune} trains only the classifier: give init_from")
     if init_from and inflate_from:
-        raise ValueError("give init_from or inflate_from, not both")
+        raise BadOptionError("give init_from or inflate_from, not both")
     model = build_model(spec)
     reset_classifier(model)
     if inflate_from:
         if spec.arch != "r3d":
-            raise ValueError(
+            raise BadOptionError(
                 f"inflation fills full 3x3x3 convs: use arch r3d_18 or r3d_34, not {spec.name}"
             )
         from r21d.importers.state_dict import read_state_dict
@@ -96,7 +97,7 @@ def build_training_model(
         backbone = {k: v for k, v in model_tensors(source).items() if not k.startswith("fc.")}
         expected = {k for k in model_tensors(model) if not k.startswith("fc.")}
         if set(backbone) != expected:
-            raise ValueError(
+            raise BadOptionError(
                 f"{init_from}: backbone tensors do not match {spec.name}: "
                 f"missing {sorted(expected - set(backbone))[:5]}, "
                 f"unexpected {sorted(set(backbone) - expected)[:5]}"

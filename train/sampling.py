@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from r21d.errors import BadOptionError
 from r21d.train.data import VideoRecord
 
 
@@ -47,7 +48,7 @@ def class_power_weights(
     derivation. Returns float64 weights summing to one.
     """
     if not records:
-        raise ValueError("cannot sample from an empty dataset")
+        raise BadOptionError("cannot sample from an empty dataset")
     counts = class_counts(records, num_classes)
     weights = torch.tensor(
         [sum(counts[c] ** (power - 1.0) for c in set(r.labels)) for r in records],
@@ -84,11 +85,11 @@ class DistributedDrawSampler(Sampler[tuple[int, int]]):
         start: int = 0,
     ):
         if num_videos < 1:
-            raise ValueError("cannot sample from an empty dataset")
+            raise BadOptionError("cannot sample from an empty dataset")
         if weights is not None and len(weights) != num_videos:
-            raise ValueError(f"{len(weights)} weights for {num_videos} videos")
+            raise BadOptionError(f"{len(weights)} weights for {num_videos} videos")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
+            raise BadOptionError(f"rank {rank} outside world of size {world_size}")
         self.num_videos = num_videos
         self.weights = weights
         self.draws_per_epoch = draws_per_epoch or num_videos
@@ -146,7 +147,7 @@ _MASK64 = (1 << 64) - 1
 def random_subset(records: Sequence[VideoRecord], size: int, seed: int = 0) -> list[VideoRecord]:
     """``size`` videos drawn uniformly without replacement, in their original order."""
     if not 0 < size <= len(records):
-        raise ValueError(f"subset size must be in 1..{len(records)}, got {size}")
+        raise BadOptionError(f"subset size must be in 1..{len(records)}, got {size}")
     keep = sorted(random.Random(seed).sample(range(len(records)), size))
     return [records[i] for i in keep]
 
@@ -168,16 +169,16 @@ def tail_preserving_subset(
     (water-filling). Returns the kept records in their original order.
     """
     if (cap is None) == (budget is None):
-        raise ValueError("give exactly one of cap (videos per head class) or budget (total)")
+        raise BadOptionError("give exactly one of cap (videos per head class) or budget (total)")
     if cap is not None:
         if cap < 1:
-            raise ValueError(f"cap must be >= 1, got {cap}")
+            raise BadOptionError(f"cap must be >= 1, got {cap}")
         return _capped(records, num_classes, cap, seed)
     if budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
+        raise BadOptionError(f"budget must be >= 1, got {budget}")
     lo, hi = 1, max(class_counts(records, num_classes))
     if len(_capped(records, num_classes, lo, seed)) > budget:
-        raise ValueError(f"budget {budget} is below one video per class")
+        raise BadOptionError(f"budget {budget} is below one video per class")
     while lo < hi:  # the subset only grows with the cap, so bisect for the largest that fits
         mid = (lo + hi + 1) // 2
         if len(_capped(records, num_classes, mid, seed)) <= budget:

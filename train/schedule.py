@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from r21d.errors import BadOptionError
+
 SCHEDULES = ("step", "cosine")
 REFERENCE_BATCH = 256
 
@@ -36,7 +38,7 @@ def lr_at(
 ) -> float:
     """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise BadOptionError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if step < warmup_steps:
         return peak * (warmup_factor + (1 - warmup_factor) * step / warmup_steps)
     decay_steps = max(1, total_steps - warmup_steps)

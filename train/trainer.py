@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from r21d.checkpoint import model_tensors, read_spec, save_checkpoint
+from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.spec import ModelSpec
 from r21d.train import distributed
 from r21d.train.config import TrainConfig
@@ -104,7 +105,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
     model.to(memory_format=memory_format)
     if cfg.sync_bn:
         if ctx.device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+            raise BadOptionError("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = model
     if ctx.distributed:
@@ -234,17 +235,17 @@ def _load_data(cfg: TrainConfig, run_dir: Path) -> tuple[VideoSet, VideoSet | No
 def _resume(cfg: TrainConfig, run_dir: Path, model: nn.Module, spec: ModelSpec) -> dict:
     steps = list_checkpoints(run_dir)
     if not steps:
-        raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
+        raise InputNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
     weights, state_path = checkpoint_paths(run_dir, steps[-1])
     saved_spec = read_spec(weights)
     if saved_spec != spec:
-        raise ValueError(
+        raise BadOptionError(
             f"resume: {weights} was trained with a different model spec than this config "
             "describes (changed arch, clip, labels or preprocessing?)"
         )
     tensors = load_file(str(weights))
     if set(tensors) != set(model_tensors(model)):
-        raise ValueError(f"resume: {weights} does not hold this model's tensors")
+        raise BadOptionError(f"resume: {weights} does not hold this model's tensors")
     model.load_state_dict(tensors, strict=False)
     return load_training_state(state_path)
 
@@ -278,7 +279,7 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 autocast needs CUDA; use bf16 on CPU")
+        raise BadOptionError("fp16 autocast needs CUDA; use bf16 on CPU")
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from r21d.checkpoint import file_sha256
+from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.importers import caffe2, state_dict
 from r21d.importers.exact import ImportMismatchError, load_exact
 from r21d.labels import resolve_labels
@@ -35,10 +36,12 @@ def convert(
 ) -> tuple[nn.Module, ModelSpec]:
     """Import ``src`` in ``source_format`` as registry model ``name``; returns (model, spec)."""
     if source_format not in FORMATS:
-        raise ValueError(f"unknown source format {source_format!r}; known: {', '.join(FORMATS)}")
+        raise BadOptionError(
+            f"unknown source format {source_format!r}; known: {', '.join(FORMATS)}"
+        )
     src = Path(src)
     if not src.is_file():
-        raise FileNotFoundError(f"weight file {src} not found")
+        raise InputNotFoundError(f"weight file {src} not found")
     name = name or DEFAULT_ARCH[source_format]
     provenance = {"format": source_format, "file": src.name, "sha256": file_sha256(src)}
 
@@ -49,7 +52,7 @@ def convert(
 
     if clip_len is None:
         if source_format != "torchvision":
-            raise ValueError(
+            raise BadOptionError(
                 "--clip-len is required: the weights do not record the clip length they were "
                 "trained for (IG-65M models come in 8 and 32 frames)"
             )

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from r21d.checkpoint import model_tensors
+from r21d.errors import BadWeightsError
 
 
-class ImportMismatchError(ValueError):
+class ImportMismatchError(BadWeightsError):
     """Source tensors and model parameters do not correspond one to one."""
 
 

@@ -13,6 +13,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from r21d.errors import BadOptionError, BadWeightsError
+
 ALLOWED_GLOBALS = frozenset(
     {
         ("numpy", "ndarray"),
@@ -30,7 +32,7 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(BadWeightsError, pickle.UnpicklingError):
     """The file asked for a global that weight files never need."""
 
 
@@ -52,6 +54,6 @@ def safe_load_pickle(path: str | Path) -> Any:
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated or not a pickle at all
-        raise ValueError(
+        raise BadOptionError(
             f"{path}: not a readable weight pickle ({type(e).__name__}: {e})"
         ) from None

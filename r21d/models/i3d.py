@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r21d.errors import BadOptionError
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.001  # Sonnet's decay 0.999 in PyTorch's convention
 
@@ -65,7 +67,7 @@ class SamePad3d(nn.Module):
     def __init__(self, kernel: Triple, stride: Triple, value: float = 0.0):
         super().__init__()
         if any(k < s for k, s in zip(kernel, stride, strict=True)):
-            raise ValueError(f"SAME padding needs kernel >= stride, got {kernel} / {stride}")
+            raise BadOptionError(f"SAME padding needs kernel >= stride, got {kernel} / {stride}")
         self.kernel, self.stride, self.value = kernel, stride, value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r21d.errors import BadOptionError
+
 STAGE_WIDTHS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = {
     18: (2, 2, 2, 2),
@@ -206,7 +208,7 @@ class VideoResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(self.features(x))
         if pooled.shape[2:] != (1, 1, 1):
-            raise ValueError(
+            raise BadOptionError(
                 f"input {tuple(x.shape[2:])} pools to {tuple(pooled.shape[2:])} positions; the fc "
                 "head takes clip_len x 112 x 112 (use r21d.export.FullyConvolutional for larger)"
             )

@@ -1,0 +1,96 @@
+"""Every error a user can cause or fix, under one base, each kind with its exit code.
+
+The ``r21d`` command prints an :class:`R21dError` as one line and exits with the kind's
+``exit_code``; any other exception is a bug in r21d and keeps its traceback. Library code
+raises the most specific kind, so a caller can catch ``R21dError`` (anything the user can
+fix) apart from everything else.
+
+Exit codes (also in the README):
+
+====  ==========================================================================
+ 0    success
+ 1    ``score``/``extract``: the run finished, but some videos failed (error records)
+ 2    a bad option or argument (also argparse's own usage errors)
+ 3    an input that does not exist (a path, a list file, a model file)
+ 4    a model file that cannot be used (checkpoint, ONNX graph, engine, spec)
+ 5    weights that cannot be imported (missing, extra or misshaped tensors, unsafe pickle)
+ 6    a runtime or device that is not available (package missing, no GPU, fallback)
+ 7    a download that failed or did not match its pinned hash
+ 8    an export whose validation failed (parity outside tolerance)
+ 9    a video that cannot be decoded, where one video is the whole job
+130   interrupted (Ctrl-C)
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class R21dError(Exception):
+    """An error the user can fix: printed as one line, no traceback."""
+
+    exit_code = 2
+
+
+class BadOptionError(R21dError, ValueError):
+    """An option, argument or setting that cannot work."""
+
+    exit_code = 2
+
+
+class InputNotFoundError(R21dError, FileNotFoundError):
+    """A path the user named does not exist."""
+
+    exit_code = 3
+
+
+class BadModelFileError(R21dError, ValueError):
+    """A checkpoint, ONNX graph, TensorRT engine or spec that cannot be used."""
+
+    exit_code = 4
+
+
+class BadWeightsError(R21dError, ValueError):
+    """Foreign weights that do not import exactly into the architecture."""
+
+    exit_code = 5
+
+
+class RuntimeUnavailableError(R21dError, RuntimeError):
+    """A runtime package, device or execution provider that is missing or would be bypassed."""
+
+    exit_code = 6
+
+
+class MissingPackageError(RuntimeUnavailableError, ImportError):
+    """An optional package (tensorrt, onnxruntime-gpu, openvino, ray) that is not installed."""
+
+
+class DownloadError(R21dError, RuntimeError):
+    """A download failed, or its file does not match the pinned hash."""
+
+    exit_code = 7
+
+
+class ValidationError(R21dError, RuntimeError):
+    """An exported model disagrees with its source beyond the stated tolerance."""
+
+    exit_code = 8
+
+
+class BadVideoError(R21dError, ValueError):
+    """A video that cannot be opened or decoded (in a batch it becomes an error record)."""
+
+    exit_code = 9
+
+
+def missing_package(
+    package: str, extra: str | None = None, why: str = ""
+) -> MissingPackageError:
+    """The error for an optional package that is not installed, saying how to install it."""
+    hint = f'pip install "r21d[{extra}]"' if extra else f"pip install {package}"
+    reason = f" ({why})" if why else ""
+    return MissingPackageError(f"{package} is not installed{reason}; {hint}")
