@@ -48,8 +48,8 @@ class ModelBenchSettings:
 def gflop_per_clip(model: BenchModel, frames: int, height: int, width: int) -> float:
     """GFLOP of one clip through the fully-convolutional graph (2 FLOPs per multiply-add)."""
     from r21d.checkpoint import load_checkpoint
-    from r21d.export.fully_conv import FullyConvolutional
     from r21d.flops import count_flops
+    from r21d.models.heads import FullyConvolutional
 
     net, spec = load_checkpoint(model.checkpoint)
     graph = FullyConvolutional(net, spec, input_format="float")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from r21d.export.fully_conv import INPUT_FORMATS
+from r21d.artefacts import INPUT_FORMATS
 from r21d.export.onnx import MIN_OPSET, PRECISIONS
 
 

@@ -1,6 +1,6 @@
 """Checkpoint -> one self-contained, validated, fully-convolutional ONNX file.
 
-:func:`export_onnx` exports :class:`~r21d.export.fully_conv.FullyConvolutional` with
+:func:`export_onnx` exports :class:`~r21d.models.heads.FullyConvolutional` with
 ``torch.onnx.export(..., dynamo=True)`` (batch, time, height and width dynamic; BatchNorm folded
 into the convs by the exporter's optimiser), then checks the file the way Hugging Face Optimum
 does: onnxruntime and the torch model run the same random inputs at several shapes, and a
@@ -28,14 +28,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from r21d.artefacts import INPUT_KEY, PARITY_KEY, PRECISION_KEY, format_parity
+from r21d.artefacts import ONNX_PRECISIONS as PRECISIONS
 from r21d.errors import BadOptionError, ValidationError
-from r21d.export.fully_conv import INPUT_FORMATS, FullyConvolutional, min_spatial_size
+from r21d.models.heads import INPUT_FORMATS, FullyConvolutional, min_spatial_size
 from r21d.spec import SPEC_KEY, ModelSpec
 
-INPUT_KEY = "r21d.input"
-PRECISION_KEY = "r21d.precision"
-PARITY_KEY = "r21d.parity"
-PRECISIONS = ("fp32", "fp16")
 INPUT_NAMES = {"uint8": "frames", "float": "clips"}
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 """Largest max-abs difference of the probabilities allowed against the fp32 torch model.
@@ -170,7 +168,7 @@ def _torch_export(
     dim to it. So the example pools to at least 2 positions in every dim and the declared
     lower bounds keep it there. The ONNX graph itself has no such bound (its ops are
     shape-generic, as the parity check at 1 position proves); the real minimums are enforced
-    by :func:`~r21d.export.fully_conv.check_input_shape` from the spec.
+    by :func:`~r21d.models.heads.check_input_shape` from the spec.
     """
     size = min_spatial_size(spec)
     t, h, w = 2 * spec.clip_len, size + 16, size + 32
@@ -264,24 +262,6 @@ def validate_onnx(
             f"(tolerance {tolerance:g} for {precision}); file not written\n" + format_parity(parity)
         )
     return parity
-
-
-def format_parity(parity: dict) -> str:
-    """A parity record (as stored under ``r21d.parity``) as a text table."""
-    if not parity.get("validated"):
-        return f"not validated: {parity.get('reason', 'unknown')}"
-    lines = [
-        f"parity vs {parity['reference']} on {parity['runtime']} "
-        f"({parity['precision']}, tolerance {parity['tolerance']:g} on probs)",
-        f"{'N x T x H x W':>18}  {'max|dprobs|':>11}  {'max|dfeat|':>10}  {'top-1 agree':>11}",
-    ]
-    for row in parity["rows"]:
-        shape = "x".join(str(s) for s in row["shape"])
-        lines.append(
-            f"{shape:>18}  {row['probs_max_abs_diff']:>11.2e}  "
-            f"{row['features_max_abs_diff']:>10.2e}  {row['top1_agreement']:>11.1%}"
-        )
-    return "\n".join(lines)
 
 
 def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:

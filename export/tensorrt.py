@@ -21,42 +21,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+from r21d.artefacts import ONNX_PRECISIONS as PRECISIONS
+from r21d.artefacts import load_onnx_info, record_path
 from r21d.checkpoint import file_sha256
 from r21d.errors import (
     BadModelFileError,
     BadOptionError,
-    InputNotFoundError,
     RuntimeUnavailableError,
-    missing_package,
 )
-from r21d.export.fully_conv import check_input_shape, min_spatial_size
-from r21d.export.inspect import load_onnx_info
-from r21d.export.onnx import PRECISIONS
-from r21d.spec import ModelSpec, SpecError
+from r21d.models.heads import check_input_shape, min_spatial_size
+from r21d.optional import import_optional
+from r21d.spec import ModelSpec
 
 Shape = tuple[int, int, int, int]
 """(N, T, H, W): batch, frames, height, width, whatever the input layout."""
-
-
-class EngineError(BadModelFileError):
-    """A TensorRT engine r21d cannot describe or use (missing or stale ``.json`` record)."""
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt``, or a one-line ImportError saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise missing_package("tensorrt", "tensorrt", "the TensorRT backend and builder") from None
-    return tensorrt
-
-
-def record_path(engine_path: str | Path) -> Path:
-    """Where the JSON record of an engine lives: ``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
 
 
 def default_profile(spec: ModelSpec) -> tuple[Shape, Shape, Shape]:
@@ -106,7 +85,7 @@ def build_engine(
         raise BadOptionError(f"{onnx_path} is an FP16 graph; export an FP32 one for an FP32 engine")
     shapes = _profile(spec, info.input_format, min_shape, opt_shape, max_shape)
 
-    trt = import_tensorrt()
+    trt = import_optional("tensorrt")
     major = int(trt.__version__.split(".")[0])
     strongly_typed = info.precision == "fp16" or major >= 11
     if precision == "fp16" and info.precision == "fp32" and major >= 11:
@@ -171,49 +150,6 @@ def build_engine(
     }
     record_path(engine_path).write_text(json.dumps(record, indent=2))
     return record
-
-
-def read_engine_record(engine_path: str | Path, verify: bool = True) -> dict:
-    """The JSON record beside an engine, its spec validated (and, with ``verify``, its hash
-    checked so a record left over from another build cannot describe this engine)."""
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise InputNotFoundError(f"{engine_path} not found")
-    path = record_path(engine_path)
-    if not path.is_file():
-        raise EngineError(
-            f"{engine_path} has no {path.name} beside it: r21d needs the spec that "
-            "`r21d export trt` writes there"
-        )
-    try:
-        record = json.loads(path.read_text())
-        ModelSpec.from_dict(record["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError, SpecError) as e:
-        raise EngineError(f"{path} is not a valid engine record: {e}") from None
-    if verify and record.get("engine_sha256") != file_sha256(engine_path):
-        raise EngineError(f"{path.name} was written for a different build of {engine_path.name}")
-    return record
-
-
-def load_engine_spec(engine_path: str | Path) -> ModelSpec:
-    """The spec of a TensorRT engine, from its JSON record."""
-    return ModelSpec.from_dict(read_engine_record(engine_path)["spec"])
-
-
-def describe_engine(path: str | Path) -> dict:
-    """What ``r21d info model.engine`` prints (no TensorRT needed)."""
-    path = Path(path)
-    record = read_engine_record(path)
-    flat = {k: v for k, v in record.items() if k not in ("spec", "profile")}
-    profile = {k: "x".join(map(str, v)) for k, v in record["profile"].items()}
-    return {
-        "file": str(path),
-        "kind": "tensorrt engine",
-        "bytes": path.stat().st_size,
-        **flat,
-        "profile_NxTxHxW": profile,
-        "spec": record["spec"],
-    }
 
 
 def _profile(

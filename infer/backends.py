@@ -79,7 +79,7 @@ class Backend(ABC):
         ``frames`` is ``(N, T, H, W, 3)`` uint8 RGB; a shape the model cannot take is a
         :class:`ValueError` raised before any graph runs.
         """
-        from r21d.export.fully_conv import check_input_shape
+        from r21d.models.heads import check_input_shape
 
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
             kind = getattr(frames, "dtype", type(frames).__name__)
@@ -187,7 +187,7 @@ class TorchBackend(Backend):
         import torch
 
         from r21d.checkpoint import load_checkpoint
-        from r21d.export.fully_conv import FullyConvolutional
+        from r21d.models.heads import FullyConvolutional
 
         if device != "cpu" and not torch.cuda.is_available():
             raise BackendError(
@@ -254,9 +254,9 @@ class OnnxRuntimeBackend(Backend):
     ):
         import onnxruntime as ort
 
-        from r21d.export.inspect import load_onnx_spec
+        from r21d.artefacts import read_spec
 
-        self.spec = load_onnx_spec(path)
+        self.spec = read_spec(path)
         provider = provider or ("cpu" if device == "cpu" else "cuda")
         if provider not in ORT_PROVIDERS:
             raise BadOptionError(f"onnxruntime provider must be one of {tuple(ORT_PROVIDERS)}")
@@ -384,9 +384,10 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: Path, device: str, precision: str | None):
-        from r21d.export.tensorrt import import_tensorrt, read_engine_record
+        from r21d.artefacts import read_engine_record
+        from r21d.optional import import_optional
 
-        trt = import_tensorrt()  # a one-line ImportError where TensorRT is not installed
+        trt = import_optional("tensorrt")  # one line, saying how to install it
         import torch
 
         if device == "cpu":

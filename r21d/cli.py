@@ -1,27 +1,22 @@
 """The ``r21d`` command: one entry point, one subcommand per job.
 
-Core subcommands (convert, info) live here; each job package registers its own through a
-``register(subparsers)`` function in its ``cli`` module, listed in :data:`COMMAND_MODULES`.
+Core subcommands (convert, info) live here. Each job package registers its own through a
+``register(subparsers)`` function named in the ``r21d.commands`` entry-point group of
+``pyproject.toml``, so the core never imports the packages built on top of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, R21dError
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "r21d.hub",  # r21d download
-    "r21d.demo",  # r21d demo
-    "r21d.train.cli",  # r21d train, r21d data
-    "r21d.infer.cli",  # r21d score, r21d extract
-    "r21d.export.cli",  # r21d export onnx, r21d export trt
-    "r21d.benchmarks.cli",  # r21d bench
-)
+COMMAND_GROUP = "r21d.commands"
+"""Entry-point group of the subcommand registrars (``name = "module:register"``)."""
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -59,11 +54,11 @@ def _info(args: argparse.Namespace) -> int:
     if not path.exists():
         raise InputNotFoundError(f"{path} not found")
     if path.suffix == ".onnx":
-        from r21d.export.inspect import describe_onnx
+        from r21d.artefacts import describe_onnx
 
         info = describe_onnx(path)
     elif path.suffix in (".engine", ".plan"):
-        from r21d.export.tensorrt import describe_engine
+        from r21d.artefacts import describe_engine
 
         info = describe_engine(path)
     else:
@@ -116,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_info)
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 

@@ -87,10 +87,11 @@ class BadVideoError(R21dError, ValueError):
     exit_code = 9
 
 
-def missing_package(
-    package: str, extra: str | None = None, why: str = ""
-) -> MissingPackageError:
+def missing_package(display: str, package: str, extra: str | None = None) -> MissingPackageError:
     """The error for an optional package that is not installed, saying how to install it."""
-    hint = f'pip install "r21d[{extra}]"' if extra else f"pip install {package}"
-    reason = f" ({why})" if why else ""
-    return MissingPackageError(f"{package} is not installed{reason}; {hint}")
+    how = (
+        f"pip install r21d[{extra}] (or pip install {package})"
+        if extra
+        else f"pip install {package}"
+    )
+    return MissingPackageError(f"{display} is not installed: {how}")

@@ -163,7 +163,7 @@ class VideoResNet(nn.Module):
     Caffe2 never did.
 
     Head protocol shared by every architecture in the zoo (used by fully-convolutional
-    evaluation in :mod:`r21d.export`): ``features(x)`` -> map, ``pool`` -> pooled map,
+    evaluation in :mod:`r21d.models.heads`): ``features(x)`` -> map, ``pool`` -> pooled map,
     ``classifier_map(pooled)`` -> per-position logits ``(N, classes, t, h, w)``, and
     ``position_average``: ``"probs"`` (softmax per position, then the mean, as Caffe2) or
     ``"logits"`` (mean of logits, then softmax).
@@ -210,6 +210,6 @@ class VideoResNet(nn.Module):
         if pooled.shape[2:] != (1, 1, 1):
             raise BadOptionError(
                 f"input {tuple(x.shape[2:])} pools to {tuple(pooled.shape[2:])} positions; the fc "
-                "head takes clip_len x 112 x 112 (use r21d.export.FullyConvolutional for larger)"
+                "head takes clip_len x 112 x 112 (larger: r21d.models.heads.FullyConvolutional)"
             )
         return self.fc(pooled.flatten(1))

@@ -8,8 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from r21d.artefacts import OnnxModelError, describe_onnx
+from r21d.artefacts import read_spec as load_onnx_spec
 from r21d.cli import main
-from r21d.export.inspect import OnnxModelError, describe_onnx, load_onnx_spec
 
 
 def test_spec_and_description_round_trip(tiny_onnx, tiny_model):
@@ -74,7 +75,7 @@ def test_broken_files_fail_clearly(kind, message, tiny_onnx, tmp_path, capsys):
 
     with pytest.raises(OnnxModelError, match=message):
         load_onnx_spec(path)
-    assert main(["info", str(path)]) == 2
+    assert main(["info", str(path)]) == 4  # a model file that cannot be used
     err = capsys.readouterr().err
     assert err.startswith("r21d info: error: ") and message.split(":")[0] in err
     assert len(err.strip().splitlines()) == 1  # one line, no traceback

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from r21d.export import FullyConvolutional
+from r21d.artefacts import load_onnx_info
 from r21d.export import onnx as onnx_export
-from r21d.export.inspect import load_onnx_info
 from r21d.export.onnx import ParityError, default_parity_shapes, export_onnx, validate_onnx
 from r21d.models import build_model, create_spec
+from r21d.models.heads import FullyConvolutional
 from r21d.spec import SPEC_KEY, ModelSpec
 
 PARITY_SHAPES = [(1, 8, 112, 112), (3, 16, 128, 171), (2, 32, 112, 112)]

@@ -7,18 +7,11 @@ import json
 
 import pytest
 
+from r21d.artefacts import EngineError, describe_engine, read_engine_record, record_path
+from r21d.artefacts import read_spec as load_engine_spec
 from r21d.checkpoint import file_sha256
 from r21d.cli import main
-from r21d.export.tensorrt import (
-    EngineError,
-    build_engine,
-    default_profile,
-    describe_engine,
-    load_engine_spec,
-    parse_shape,
-    read_engine_record,
-    record_path,
-)
+from r21d.export.tensorrt import build_engine, default_profile, parse_shape
 from r21d.models import create_spec
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -53,7 +46,7 @@ def test_profile_shorter_than_the_clip_is_refused_before_tensorrt(tiny_onnx, tmp
 def test_missing_tensorrt_is_one_clear_line(tiny_onnx, tmp_path, capsys):
     with pytest.raises(ImportError, match=r"pip install r21d\[tensorrt\]"):
         build_engine(tiny_onnx[0], tmp_path / "m.engine")
-    assert main(["export", "trt", str(tiny_onnx[0]), "-o", str(tmp_path / "m.engine")]) == 2
+    assert main(["export", "trt", str(tiny_onnx[0]), "-o", str(tmp_path / "m.engine")]) == 6
     err = capsys.readouterr().err.strip()
     assert err == (
         "r21d export: error: TensorRT is not installed: "
@@ -112,7 +105,7 @@ def test_stale_or_missing_record_is_refused(tiny_model, tmp_path, capsys):
     record_path(engine).unlink()
     with pytest.raises(EngineError, match="no m.engine.json beside it"):
         load_engine_spec(engine)
-    assert main(["info", str(engine)]) == 2
+    assert main(["info", str(engine)]) == 4  # a model file that cannot be used
     assert "no m.engine.json beside it" in capsys.readouterr().err
 
 

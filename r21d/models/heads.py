@@ -19,11 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r21d.artefacts import INPUT_FORMATS
 from r21d.errors import BadOptionError
 from r21d.spec import ModelSpec
-
-INPUT_FORMATS = ("uint8", "float")
-"""``uint8``: raw RGB frames ``(N, T, H, W, 3)``; ``float``: normalised ``(N, 3, T, H, W)``."""
 
 SPATIAL_STRIDE = {"r2plus1d": 16, "r2plus1d_tv": 16, "r3d": 16, "i3d": 32}
 """Spatial down-sampling before the head's 7x7 pool, per architecture."""

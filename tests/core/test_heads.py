@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r21d.export import FullyConvolutional, check_input_shape
 from r21d.models import create_spec
+from r21d.models.heads import FullyConvolutional, check_input_shape
 
 
 def per_position_probs(model, clips: torch.Tensor) -> torch.Tensor:
