@@ -70,11 +70,7 @@ def default_parity_shapes(spec: ModelSpec) -> list[tuple[int, int, int, int]]:
     For an 8-frame R(2+1)D: (1, 8, 112, 112), (3, 16, 128, 171), (2, 32, 112, 112).
     """
     crop = max(spec.crop_size, min_spatial_size(spec))
-    if spec.resize_mode == "fixed":
-        frame_h, frame_w = spec.resize_size
-    else:  # short edge: a 4:3 landscape frame
-        frame_h, frame_w = spec.resize_size[0], round(spec.resize_size[0] * 4 / 3)
-    frame_h, frame_w = max(frame_h, crop), max(frame_w, crop)
+    frame_h, frame_w = (max(s, crop) for s in spec.typical_frame())
     clip = spec.clip_len
     return [(1, clip, crop, crop), (3, 2 * clip, frame_h, frame_w), (2, 4 * clip, crop, crop)]
 

@@ -42,11 +42,9 @@ def default_profile(spec: ModelSpec) -> tuple[Shape, Shape, Shape]:
     """(min, opt, max) shapes: batch 1/8/32, time clip_len/clip_len/4*clip_len, frames from
     the crop size up to the resized frame (16:9 at most for short-edge resizing)."""
     crop = max(spec.crop_size, min_spatial_size(spec))
-    if spec.resize_mode == "fixed":
-        opt_hw = max_hw = tuple(max(s, crop) for s in spec.resize_size)
-    else:
-        short = max(spec.resize_size[0], crop)
-        opt_hw, max_hw = (short, round(short * 4 / 3)), (short, round(short * 16 / 9))
+    opt_hw = max_hw = tuple(max(s, crop) for s in spec.typical_frame())
+    if spec.resize_mode == "short_edge":
+        max_hw = (opt_hw[0], round(opt_hw[0] * 16 / 9))
     clip = spec.clip_len
     return (1, clip, crop, crop), (8, clip, *opt_hw), (32, 4 * clip, *max_hw)
 

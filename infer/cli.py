@@ -18,62 +18,14 @@ already in the output are skipped; ``--overwrite`` starts over.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.errors import BadOptionError
 
-VIDEO_EXTENSIONS = frozenset(
-    (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
-    + (".3gp",)
-)
 PRINT_LIMIT = 10
 """Scoring at most this many videos prints each one's top labels to stdout."""
-
-
-def find_videos(inputs: list[str], list_files: list[str] = ()) -> list[str]:
-    """Absolute video paths from folders, files and ``@list`` files, deduplicated, in order.
-
-    Folders are searched recursively for :data:`VIDEO_EXTENSIONS` (any case), sorted, hidden
-    files and folders (``.name``, e.g. macOS ``._clip.mp4``) left out; files named directly
-    are taken whatever their suffix. A PATH on the command line that does not
-    exist is an error; a missing entry of a list file becomes an error record later.
-    """
-    found: list[str] = []
-    lists = [p[1:] for p in inputs if p.startswith("@")] + list(list_files)
-    for item in [p for p in inputs if not p.startswith("@")]:
-        path = Path(item)
-        if not path.exists():
-            raise InputNotFoundError(f"{item} not found")
-        found += _expand(path)
-    for list_file in lists:
-        entries = _read_list(Path(list_file))
-        for entry in entries:
-            path = Path(entry)
-            found += _expand(path) if path.is_dir() else [os.path.abspath(path)]
-    return list(dict.fromkeys(found))
-
-
-def _expand(path: Path) -> list[str]:
-    if not path.is_dir():
-        return [os.path.abspath(path)]
-    videos = (
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        and p.is_file()
-    )
-    return sorted(os.path.abspath(p) for p in videos)
-
-
-def _read_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputNotFoundError(f"list file {path} not found")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -194,6 +146,7 @@ def _open(args: argparse.Namespace):
     """Videos, backend and engine options from the parsed arguments."""
     from r21d.infer.backends import open_backend
     from r21d.infer.engine import ScoreOptions
+    from r21d.infer.sources import find_videos
 
     paths = find_videos(args.paths, args.list)
     if not paths:

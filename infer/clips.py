@@ -14,8 +14,7 @@ can be checked in isolation:
 from __future__ import annotations
 
 from r21d.errors import BadOptionError
-
-RESIZE_MODES = ("fixed", "short_edge")
+from r21d.spec import RESIZE_MODES
 
 
 def clip_span(clip_len: int, frame_step: int = 1) -> int:

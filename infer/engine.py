@@ -124,20 +124,6 @@ class VideoResult:
         return [(int(i), spec.label(int(i)), float(self.probs[i])) for i in order]
 
 
-def decode_spec(spec: ModelSpec, resize_mode: str | None) -> ModelSpec:
-    """The spec that decoding follows: the model's, with ``resize_mode`` overridden if given.
-
-    ``fixed`` from a short-edge spec keeps the short side and uses Caffe2's 4:3 frame
-    (128 -> 128x171); ``short_edge`` from a fixed spec keeps the fixed height as short side.
-    """
-    if resize_mode is None or resize_mode == spec.resize_mode:
-        return spec
-    if resize_mode == "short_edge":
-        return spec.replace(resize_mode="short_edge", resize_size=(min(spec.resize_size),))
-    short = spec.resize_size[0]
-    return spec.replace(resize_mode="fixed", resize_size=(short, round(short * 4 / 3)))
-
-
 @dataclass
 class _Decoded:
     """What a decode worker sends back for one video."""
@@ -358,14 +344,14 @@ def score_videos(
     """Score every video in ``paths`` with ``backend``; yield one result per video as it finishes.
 
     ``index`` in each result is the position of its path in ``paths``. Decoding follows the
-    backend's spec (:func:`decode_spec` with ``options.resize_mode``). Closing the generator
+    backend's spec (with ``options.resize_mode`` if given). Closing the generator
     (or an exception, Ctrl-C included) stops the decode workers.
     """
     options = options or ScoreOptions()
     tasks = list(enumerate(str(p) for p in paths))
     if not tasks:
         return
-    spec = decode_spec(backend.spec, options.resize_mode)
+    spec = backend.spec.with_resize_mode(options.resize_mode)
     batch_size = options.batch_size or backend.default_batch
     if backend.fixed_batch and batch_size != backend.fixed_batch:
         raise BadOptionError(

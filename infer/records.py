@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r21d.errors import BadOptionError
+from r21d.errors import BadOptionError, OutputInUseError
 from r21d.spec import ModelSpec
 
 FORMATS = ("jsonl", "csv")
@@ -168,7 +168,7 @@ class RecordFile:
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BadOptionError(
+            raise OutputInUseError(
                 f"{self.path} is being written by another run (it holds the file lock)"
             ) from None
 

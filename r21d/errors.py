@@ -10,14 +10,13 @@ Exit codes (also in the README):
 ====  ==========================================================================
  0    success
  1    ``score``/``extract``: the run finished, but some videos failed (error records)
- 2    a bad option or argument (also argparse's own usage errors)
- 3    an input that does not exist (a path, a list file, a model file)
- 4    a model file that cannot be used (checkpoint, ONNX graph, engine, spec)
- 5    weights that cannot be imported (missing, extra or misshaped tensors, unsafe pickle)
- 6    a runtime or device that is not available (package missing, no GPU, fallback)
- 7    a download that failed or did not match its pinned hash
- 8    an export whose validation failed (parity outside tolerance)
- 9    a video that cannot be decoded, where one video is the whole job
+ 2    a bad option or argument, or an input that does not exist (also argparse's usage errors)
+ 3    a model file that cannot be used (checkpoint, ONNX graph, engine, spec)
+ 4    weights that cannot be imported (missing, extra or misshaped tensors, unsafe pickle)
+ 5    a runtime or device that is not available (package missing, no GPU, fallback)
+ 6    a download that failed or did not match its pinned hash
+ 7    an export whose validation failed (parity outside tolerance)
+ 8    videos that cannot be decoded, where they are the whole job (one video, a training set)
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
 """
@@ -44,25 +43,25 @@ class BadOptionError(R21dError, ValueError):
 class InputNotFoundError(R21dError, FileNotFoundError):
     """A path the user named does not exist."""
 
-    exit_code = 3
+    exit_code = 2
 
 
 class BadModelFileError(R21dError, ValueError):
     """A checkpoint, ONNX graph, TensorRT engine or spec that cannot be used."""
 
-    exit_code = 4
+    exit_code = 3
 
 
 class BadWeightsError(R21dError, ValueError):
     """Foreign weights that do not import exactly into the architecture."""
 
-    exit_code = 5
+    exit_code = 4
 
 
 class RuntimeUnavailableError(R21dError, RuntimeError):
     """A runtime package, device or execution provider that is missing or would be bypassed."""
 
-    exit_code = 6
+    exit_code = 5
 
 
 class MissingPackageError(RuntimeUnavailableError, ImportError):
@@ -72,19 +71,31 @@ class MissingPackageError(RuntimeUnavailableError, ImportError):
 class DownloadError(R21dError, RuntimeError):
     """A download failed, or its file does not match the pinned hash."""
 
-    exit_code = 7
+    exit_code = 6
 
 
 class ValidationError(R21dError, RuntimeError):
     """An exported model disagrees with its source beyond the stated tolerance."""
 
-    exit_code = 8
+    exit_code = 7
 
 
 class BadVideoError(R21dError, ValueError):
     """A video that cannot be opened or decoded (in a batch it becomes an error record)."""
 
-    exit_code = 9
+    exit_code = 8
+
+
+class UnusableDataError(R21dError, RuntimeError):
+    """A data set whose videos cannot be used (e.g. too many of them fail to decode)."""
+
+    exit_code = 8
+
+
+class OutputInUseError(R21dError, RuntimeError):
+    """An output file that another run is writing (it holds the file lock)."""
+
+    exit_code = 2
 
 
 def missing_package(display: str, package: str, extra: str | None = None) -> MissingPackageError:

@@ -31,6 +31,10 @@ VIDEO_RESNETS = ("r2plus1d", "r2plus1d_tv", "r3d")
 """Archs with the Caffe2 head: pool (clip_len/8, 7, 7) after /8 in time and /16 in space."""
 RESIZE_MODES = ("fixed", "short_edge")
 HEADS = ("fc", "fully_conv")
+FIXED_ASPECT = 4 / 3
+"""Caffe2's fixed frame is 4:3 landscape: short side 128 -> 128x171 (DESIGN.md s.6)."""
+CROP_COUNTS = (1, 3)
+"""Crops per clip: the centre, or three along the long side (start, centre, end)."""
 
 
 class SpecError(BadModelFileError):
@@ -45,6 +49,11 @@ class ModelSpec:
     ``short_edge``. ``mean`` and ``std`` are per RGB channel on the 0-255 scale.
     ``head`` is ``fc`` (pool + classifier, one prediction per clip at the crop size) or
     ``fully_conv`` (classifier as a 1x1x1 conv, softmax per position, averaged; DESIGN.md s.4).
+
+    The test protocol travels too: ``num_clips`` uniformly spaced clips per video, each in
+    ``num_crops`` crops (1: the centre; 3: along the long side), so a video is scored from
+    ``views`` = clips x crops softmax outputs, averaged. ``fixed_input`` models (ViTs, whose
+    position table is tied to one token grid) take only ``clip_len x crop_size x crop_size``.
     """
 
     arch: str
@@ -60,6 +69,9 @@ class ModelSpec:
     std: tuple[float, float, float] = KINETICS_STD
     head: str = "fc"
     width: float = 1.0
+    num_clips: int = 10
+    num_crops: int = 1
+    fixed_input: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +87,11 @@ class ModelSpec:
         return f"{self.arch}_{self.depth}"
 
     @property
+    def views(self) -> int:
+        """Softmax outputs averaged per video by the test protocol: clips x crops."""
+        return self.num_clips * self.num_crops
+
+    @property
     def bn_eps(self) -> float:
         """BatchNorm epsilon the weights were trained with (Caffe2 1e-3, torchvision 1e-5)."""
         return 1e-5 if self.arch == "r2plus1d_tv" else 1e-3
@@ -83,6 +100,29 @@ class ModelSpec:
     def min_frames(self) -> int:
         """Fewest input frames the head's temporal pool can take."""
         return self.clip_len
+
+    def typical_frame(self) -> tuple[int, int]:
+        """``(h, w)`` of a resized frame: the fixed size, or a 4:3 landscape frame for
+        short-edge resizing (what export validation and engine profiles plan for)."""
+        if self.resize_mode == "fixed":
+            return self.resize_size[0], self.resize_size[1]
+        short = self.resize_size[0]
+        return short, round(short * FIXED_ASPECT)
+
+    def with_resize_mode(self, resize_mode: str | None) -> ModelSpec:
+        """This spec resized by ``resize_mode`` instead (``None``: unchanged).
+
+        ``fixed`` from a short-edge spec keeps the short side and uses Caffe2's 4:3 frame
+        (128 -> 128x171); ``short_edge`` from a fixed spec keeps the fixed height as short side.
+        """
+        if resize_mode is None or resize_mode == self.resize_mode:
+            return self
+        if resize_mode not in RESIZE_MODES:
+            raise SpecError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        if resize_mode == "short_edge":
+            return self.replace(resize_mode="short_edge", resize_size=(min(self.resize_size),))
+        short = self.resize_size[0]
+        return self.replace(resize_mode="fixed", resize_size=(short, round(short * FIXED_ASPECT)))
 
     def label(self, index: int) -> str:
         """Class name of ``index``, or the index as text for models without names."""
@@ -141,6 +181,10 @@ class ModelSpec:
             raise SpecError(f"std must be positive, got {self.std}")
         if self.head not in HEADS:
             raise SpecError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not isinstance(self.num_clips, int) or self.num_clips < 1:
+            raise SpecError(f"num_clips must be a positive integer, got {self.num_clips!r}")
+        if self.num_crops not in CROP_COUNTS:
+            raise SpecError(f"num_crops must be one of {CROP_COUNTS}, got {self.num_crops!r}")
         if not 0 < self.width <= 4:
             raise SpecError(f"width multiplier must be in (0, 4], got {self.width}")
 

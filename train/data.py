@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.infer.sources import VIDEO_SUFFIXES
 from r21d.labels import load_labels
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 LABEL_SEPARATOR = "|"
 
 

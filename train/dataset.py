@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from r21d.errors import BadOptionError, BadVideoError
+from r21d.errors import BadOptionError, UnusableDataError
 from r21d.infer.decode import VideoError
 from r21d.spec import ModelSpec
 from r21d.train.clips import sample_training_clip
@@ -71,7 +71,7 @@ class TrainClips(Dataset):
                     log.warning("skipping undecodable training video %s: %s", record.path, e)
                     self.bad.add(index)
             index = int(np.random.default_rng([seed, attempt, 1]).integers(len(self.records)))
-        raise BadVideoError(
+        raise UnusableDataError(
             f"{MAX_ATTEMPTS} draws in a row hit undecodable videos ({len(self.bad)} bad so far); "
             "check the training manifest"
         )

@@ -75,7 +75,7 @@ def test_broken_files_fail_clearly(kind, message, tiny_onnx, tmp_path, capsys):
 
     with pytest.raises(OnnxModelError, match=message):
         load_onnx_spec(path)
-    assert main(["info", str(path)]) == 4  # a model file that cannot be used
+    assert main(["info", str(path)]) == 3  # a model file that cannot be used
     err = capsys.readouterr().err
     assert err.startswith("r21d info: error: ") and message.split(":")[0] in err
     assert len(err.strip().splitlines()) == 1  # one line, no traceback

@@ -46,7 +46,7 @@ def test_profile_shorter_than_the_clip_is_refused_before_tensorrt(tiny_onnx, tmp
 def test_missing_tensorrt_is_one_clear_line(tiny_onnx, tmp_path, capsys):
     with pytest.raises(ImportError, match=r"pip install r21d\[tensorrt\]"):
         build_engine(tiny_onnx[0], tmp_path / "m.engine")
-    assert main(["export", "trt", str(tiny_onnx[0]), "-o", str(tmp_path / "m.engine")]) == 6
+    assert main(["export", "trt", str(tiny_onnx[0]), "-o", str(tmp_path / "m.engine")]) == 5
     err = capsys.readouterr().err.strip()
     assert err == (
         "r21d export: error: TensorRT is not installed: "
@@ -105,7 +105,7 @@ def test_stale_or_missing_record_is_refused(tiny_model, tmp_path, capsys):
     record_path(engine).unlink()
     with pytest.raises(EngineError, match="no m.engine.json beside it"):
         load_engine_spec(engine)
-    assert main(["info", str(engine)]) == 4  # a model file that cannot be used
+    assert main(["info", str(engine)]) == 3  # a model file that cannot be used
     assert "no m.engine.json beside it" in capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ from synthetic import write_video
 from r21d.checkpoint import save_checkpoint
 from r21d.infer.backends import open_backend
 from r21d.infer.decode import decode_for_spec
-from r21d.infer.engine import ScoreOptions, decode_spec, score_videos
+from r21d.infer.engine import ScoreOptions, score_videos
 from r21d.infer.records import RecordFile, csv_columns, feature_file_name, save_features
 from r21d.models import build_model
 
@@ -81,7 +81,7 @@ def test_full_frame_batches_hold_one_shape_only(backend, tmp_path):
     assert frame_shapes == {(8, 128, 171, 3), (8, 171, 128, 3)}
     assert sum(s[0] for s in recorder.shapes) == 6
     portrait = results[paths[1]]
-    spec = decode_spec(backend.spec, "short_edge")
+    spec = backend.spec.with_resize_mode("short_edge")
     clips = decode_for_spec(paths[1], spec, num_clips=2, full_frame=True).clips
     np.testing.assert_allclose(portrait.probs, backend.run(clips)[0].mean(axis=0), atol=1e-5)
 
@@ -129,10 +129,10 @@ def test_broken_videos_yield_one_error_each_and_the_rest_score(backend, tmp_path
 
 
 def test_decode_spec_overrides_the_resize_mode(tiny_spec):
-    assert decode_spec(tiny_spec, None) is tiny_spec
-    short = decode_spec(tiny_spec, "short_edge")
+    assert tiny_spec.with_resize_mode(None) is tiny_spec
+    short = tiny_spec.with_resize_mode("short_edge")
     assert (short.resize_mode, short.resize_size) == ("short_edge", (128,))
-    fixed = decode_spec(short, "fixed")
+    fixed = short.with_resize_mode("fixed")
     assert (fixed.resize_mode, fixed.resize_size) == ("fixed", (128, 171))
 
 
