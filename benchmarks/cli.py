@@ -210,11 +210,11 @@ def _model(args) -> int:
 
 def _pipeline(args) -> int:
     from r21d.benchmarks.run_all import bench_pipeline, publish
-    from r21d.benchmarks.variants import Variant
+    from r21d.infer.runtime import RuntimeOptions
 
     suite, out, machine = _suite(args)
     settings = suite.pipeline_settings()
-    settings.variant = Variant.parse(args.variant)
+    settings.variant = RuntimeOptions.parse(args.variant)
     for name in ("workers", "batch_size", "repeats", "long_seconds"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
@@ -248,10 +248,10 @@ def _parity(args) -> int:
 
 def _accuracy(args) -> int:
     from r21d.benchmarks.run_all import bench_accuracy, publish
-    from r21d.benchmarks.variants import Variant
+    from r21d.infer.runtime import RuntimeOptions
 
     suite, out, machine = _suite(args)
     settings = suite.accuracy_settings()
-    settings.variant = Variant.parse(args.variant)
+    settings.variant = RuntimeOptions.parse(args.variant)
     publish(bench_accuracy(suite, out, _real(args.model), args.manifest, settings), out, machine)
     return 0

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
-from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
+from r21d.benchmarks.variants import REFERENCE, Variant, open_variant, variant_of
 from r21d.errors import BadOptionError
 
 
@@ -42,14 +42,14 @@ def default_parity_variants(device: str) -> list[Variant]:
     """Everything worth comparing: torch bf16 and channels_last, ORT fp32 and fp16 graphs
     (fp16 is tried on the CPU too and reported if it does not run), torch fp16 on a GPU."""
     variants = [
-        Variant("torch", "bf16"),
-        Variant("torch", "fp32", True),
-        Variant("torch", "bf16", True),
-        Variant("onnxruntime", "fp32"),
-        Variant("onnxruntime", "fp16"),
+        variant_of("torch", "bf16"),
+        variant_of("torch", "fp32", True),
+        variant_of("torch", "bf16", True),
+        variant_of("onnxruntime", "fp32"),
+        variant_of("onnxruntime", "fp16"),
     ]
     if device.startswith("cuda"):
-        variants += [Variant("torch", "fp16", True), Variant("tensorrt", "fp16")]
+        variants += [variant_of("torch", "fp16", True), variant_of("tensorrt", "fp16")]
     return variants
 
 

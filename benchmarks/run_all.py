@@ -42,7 +42,13 @@ from r21d.benchmarks.models import (
 from r21d.benchmarks.parity_bench import ParitySettings, default_parity_variants
 from r21d.benchmarks.pipeline_bench import PipelineSettings
 from r21d.benchmarks.report import Report, markdown_table, write_report
-from r21d.benchmarks.variants import REFERENCE, Variant, default_variants, variant_available
+from r21d.benchmarks.variants import (
+    REFERENCE,
+    Variant,
+    default_variants,
+    variant_available,
+    variant_of,
+)
 from r21d.benchmarks.videos import REAL_LABELS, SHARED_VIDEOS, cached_video, real_clips
 from r21d.errors import BadOptionError, RuntimeUnavailableError
 
@@ -109,13 +115,13 @@ class Suite:
     def fast_variant(self) -> Variant | None:
         """The variant expected fastest on this device (bf16/fp16 channels_last)."""
         precision = "fp16" if self.device.startswith("cuda") else "bf16"
-        variant = Variant("torch", precision, True)
-        return variant if variant_available(variant, self.device)[0] else None
+        fast = variant_of("torch", precision, True)
+        return fast if variant_available(fast, self.device)[0] else None
 
     # -- settings per benchmark ---------------------------------------------------------
     def model_settings(self) -> ModelBenchSettings:
         if self.quick:
-            variants = [REFERENCE, Variant("onnxruntime", "fp32")]
+            variants = [REFERENCE, variant_of("onnxruntime", "fp32")]
             fast = self.fast_variant()
             variants += [fast] if fast else []
             return ModelBenchSettings(
@@ -166,7 +172,7 @@ class Suite:
 
     def parity_settings(self) -> ParitySettings:
         if self.quick:
-            variants = [Variant("onnxruntime", "fp32")]
+            variants = [variant_of("onnxruntime", "fp32")]
             fast = self.fast_variant()
             variants += [fast] if fast else []
             return ParitySettings(self.device, num_clips=2, variants=variants)

@@ -1,60 +1,36 @@
 """Backend variants (backend x precision x memory format) and opening them on a model.
 
-A variant is written ``backend:precision[:cl]`` on the command line, e.g. ``torch:bf16:cl``
-(PyTorch, bfloat16, channels_last_3d) or ``onnxruntime:fp32``.
+A variant is a :class:`~r21d.infer.runtime.RuntimeOptions`, written ``backend:precision[:cl]``
+on the command line, e.g. ``torch:bf16:cl`` (PyTorch, bfloat16, channels_last_3d) or
+``onnxruntime:fp32`` (:meth:`~r21d.infer.runtime.RuntimeOptions.parse`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 from r21d.benchmarks.ceiling import precision_supported
 from r21d.benchmarks.models import BenchModel
 from r21d.errors import BadOptionError
+from r21d.infer.runtime import RuntimeOptions
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class Variant:
-    backend: str
-    precision: str
-    channels_last: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend}:{self.precision}" + (":cl" if self.channels_last else "")
-
-    @property
-    def is_reference(self) -> bool:
-        """Torch fp32 eager, the variant every ratio is taken against."""
-        return self == REFERENCE
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        parts = text.strip().split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "cl"):
-            raise BadOptionError(f"variant {text!r} is not backend:precision[:cl]")
-        if parts[0] not in BACKENDS:
-            raise BadOptionError(f"variant {text!r}: backend must be one of {BACKENDS}")
-        if parts[1] not in PRECISIONS:
-            raise BadOptionError(f"variant {text!r}: precision must be one of {PRECISIONS}")
-        if len(parts) == 3 and parts[0] != "torch":
-            raise BadOptionError(
-                f"variant {text!r}: channels_last applies to the torch backend only"
-            )
-        return cls(parts[0], parts[1], len(parts) == 3)
+Variant = RuntimeOptions
+"""A benchmark variant is a set of runtime options; its ``label`` is ``backend:precision[:cl]``."""
 
 
-REFERENCE = Variant("torch", "fp32")
+def variant_of(backend: str, precision: str, channels_last: bool = False) -> RuntimeOptions:
+    """The runtime options of one variant (device, threads and batch size are set per run)."""
+    return RuntimeOptions(backend=backend, precision=precision, channels_last=channels_last)
+
+
+REFERENCE = variant_of("torch", "fp32")
+"""Torch fp32 eager, the variant every ratio is taken against."""
 
 
 def parse_variants(text: str) -> list[Variant]:
     """Comma-separated variants; the reference (torch:fp32) is always included, first."""
-    variants = [Variant.parse(t) for t in text.split(",") if t.strip()]
+    variants = [RuntimeOptions.parse(t) for t in text.split(",") if t.strip()]
     return [REFERENCE] + [v for v in dict.fromkeys(variants) if v != REFERENCE]
 
 
@@ -62,13 +38,13 @@ def default_variants(device: str) -> list[Variant]:
     """Every variant worth timing on ``device``, dropping what it cannot run."""
     candidates = [
         REFERENCE,
-        Variant("torch", "fp32", True),
-        Variant("torch", "bf16", True),
-        Variant("torch", "fp16", True),
-        Variant("onnxruntime", "fp32"),
+        variant_of("torch", "fp32", True),
+        variant_of("torch", "bf16", True),
+        variant_of("torch", "fp16", True),
+        variant_of("onnxruntime", "fp32"),
     ]
     if device.startswith("cuda"):
-        candidates += [Variant("onnxruntime", "fp16"), Variant("tensorrt", "fp16")]
+        candidates += [variant_of("onnxruntime", "fp16"), variant_of("tensorrt", "fp16")]
     return [v for v in candidates if variant_available(v, device)[0]]
 
 
@@ -99,20 +75,12 @@ def open_variant(model: BenchModel, variant: Variant, device: str):
     onnxruntime and TensorRT need an exported graph: it is built on first use into an
     ``exports`` folder beside the checkpoint and reused while newer than the checkpoint.
     """
-    from r21d.infer.backends import open_backend
-
     path = model.checkpoint
     if variant.backend in ("onnxruntime", "tensorrt"):
         path = exported_onnx(model, variant.precision)
     if variant.backend == "tensorrt":
         path = built_engine(path, variant.precision)
-    return open_backend(
-        path,
-        backend=variant.backend,
-        device=device,
-        precision=variant.precision,
-        channels_last=variant.channels_last,
-    )
+    return variant.replace(device=device).open(path)
 
 
 def _fresh(artefact: Path, source: Path) -> bool:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from r21d.errors import BadOptionError, InputNotFoundError, RuntimeUnavailableError
+from r21d.infer.runtime import RuntimeOptions, parse_device, require_device
+from r21d.models.heads import check_input_shape
 from r21d.spec import ModelSpec
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -79,8 +79,6 @@ class Backend(ABC):
         ``frames`` is ``(N, T, H, W, 3)`` uint8 RGB; a shape the model cannot take is a
         :class:`ValueError` raised before any graph runs.
         """
-        from r21d.models.heads import check_input_shape
-
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
             kind = getattr(frames, "dtype", type(frames).__name__)
             raise BadOptionError(f"frames must be a uint8 numpy array (N, T, H, W, 3), got {kind}")
@@ -111,31 +109,35 @@ class Backend(ABC):
 def open_backend(
     model_path: str | Path,
     backend: str = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     precision: str | None = None,
     *,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     ort_provider: str | None = None,
     allow_cpu_fallback: bool = False,
     threads: int | None = None,
 ) -> Backend:
     """Open ``model_path`` with the backend its suffix (or ``backend``) names.
 
-    ``device`` is ``cpu``, ``cuda`` or ``cuda:N``. ``precision`` ``None`` means the model's own
-    (fp32 for checkpoints; the graph's for ONNX and TensorRT). ``channels_last`` (torch only)
-    runs convolutions in ``channels_last_3d`` memory format. ``ort_provider`` (``cpu``,
-    ``cuda``, ``tensorrt``; default from ``device``) picks the onnxruntime execution provider;
+    The options mean what :class:`~r21d.infer.runtime.RuntimeOptions` says (``device``
+    ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``precision`` ``None``: the model's own;
+    ``channels_last`` ``None``: on for torch). ``ort_provider`` (``cpu``, ``cuda``,
+    ``tensorrt``; default from ``device``) picks the onnxruntime execution provider;
     ``allow_cpu_fallback`` turns a GPU request that ends up on the CPU from an error into a
-    warning. ``threads`` sets the intra-op CPU threads (torch, onnxruntime).
+    warning. ``threads`` sets the intra-op CPU threads.
     """
+    options = RuntimeOptions(
+        backend=backend,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        threads=threads,
+        ort_provider=ort_provider,
+        allow_cpu_fallback=allow_cpu_fallback,
+    )
     path = Path(model_path)
     if not path.is_file():
         raise InputNotFoundError(f"model {path} not found")
-    if backend not in BACKENDS:
-        raise BadOptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision is not None and precision not in PRECISIONS:
-        raise BadOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    device = _parse_device(device)
     if backend == "auto":
         backend = SUFFIX_BACKEND.get(path.suffix.lower())
         if backend is None:
@@ -147,24 +149,15 @@ def open_backend(
         raise BadOptionError("channels_last applies to the torch backend only")
     if ort_provider is not None and backend != "onnxruntime":
         raise BadOptionError(f"an onnxruntime provider was given for the {backend} backend")
+    device = parse_device(options.device)
     if backend == "torch":
-        return TorchBackend(path, device, precision or "fp32", channels_last, threads)
+        layout = channels_last is not False
+        return TorchBackend(path, device, precision or "fp32", layout, threads)
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(
             path, device, precision, ort_provider, allow_cpu_fallback, threads
         )
     return TensorRTBackend(path, device, precision)
-
-
-def _parse_device(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda":
-        return "cuda:0"
-    kind, _, index = device.partition(":")
-    if kind == "cuda" and index.isdigit():
-        return device
-    raise BadOptionError(f"device must be cpu, cuda or cuda:N, got {device!r}")
 
 
 class TorchBackend(Backend):
@@ -189,11 +182,7 @@ class TorchBackend(Backend):
         from r21d.checkpoint import load_checkpoint
         from r21d.models.heads import FullyConvolutional
 
-        if device != "cpu" and not torch.cuda.is_available():
-            raise BackendError(
-                f"device {device} asked for, but this torch build ({torch.__version__}) sees no "
-                "CUDA GPU; use --device cpu or install a CUDA build of torch"
-            )
+        require_device(device)
         if precision == "fp16" and device == "cpu":
             raise BackendError(
                 "fp16 needs a CUDA device; on the CPU use --precision bf16 (autocast) or fp32"
@@ -258,8 +247,6 @@ class OnnxRuntimeBackend(Backend):
 
         self.spec = read_spec(path)
         provider = provider or ("cpu" if device == "cpu" else "cuda")
-        if provider not in ORT_PROVIDERS:
-            raise BadOptionError(f"onnxruntime provider must be one of {tuple(ORT_PROVIDERS)}")
         if provider != "cpu" and device == "cpu":
             device = "cuda:0"
         device_id = int(device.partition(":")[2] or 0)

@@ -12,9 +12,10 @@ from r21d.benchmarks.model_bench import design_figure
 from r21d.benchmarks.pipeline_bench import frames_needed
 from r21d.benchmarks.report import fmt, markdown_table
 from r21d.benchmarks.timing import Timing, time_call
-from r21d.benchmarks.variants import REFERENCE, Variant, parse_variants
+from r21d.benchmarks.variants import REFERENCE, parse_variants, variant_of
 from r21d.benchmarks.videos import keyframe_interval, write_synthetic_video
 from r21d.infer.clips import clip_starts
+from r21d.infer.runtime import RuntimeOptions
 
 
 def test_timing_summary_percentiles_and_spread():
@@ -39,10 +40,10 @@ def test_time_call_warms_up_then_repeats_and_honours_the_time_cap():
 
 
 def test_variants_parse_and_reference_comes_first():
-    assert Variant.parse("torch:bf16:cl") == Variant("torch", "bf16", True)
-    assert Variant.parse("onnxruntime:fp16").label == "onnxruntime:fp16"
+    assert RuntimeOptions.parse("torch:bf16:cl") == variant_of("torch", "bf16", True)
+    assert RuntimeOptions.parse("onnxruntime:fp16").label == "onnxruntime:fp16"
     variants = parse_variants("onnxruntime:fp32, torch:fp32, onnxruntime:fp32")
-    assert variants == [REFERENCE, Variant("onnxruntime", "fp32")]
+    assert variants == [REFERENCE, variant_of("onnxruntime", "fp32")]
     for bad, message in [
         ("torch", "backend:precision"),
         ("caffe2:fp32", "backend"),
@@ -51,7 +52,7 @@ def test_variants_parse_and_reference_comes_first():
         ("torch:fp32:nhwc", "backend:precision"),
     ]:
         with pytest.raises(ValueError, match=message):
-            Variant.parse(bad)
+            RuntimeOptions.parse(bad)
 
 
 def test_markdown_table_formats_cells():
