@@ -100,6 +100,7 @@ def write_manifest(path: str | Path, rows: list[tuple[Path, str]]) -> Path:
 def run_accuracy_bench(model: BenchModel, manifest: Path, settings: AccuracySettings) -> Report:
     """Score the manifest under every protocol combination; see the module docstring."""
     from r21d.infer.engine import ScoreOptions, default_workers, score_videos
+    from r21d.infer.runtime import RuntimeOptions
 
     backend = open_variant(model, settings.variant, settings.device)
     spec = backend.spec
@@ -110,12 +111,10 @@ def run_accuracy_bench(model: BenchModel, manifest: Path, settings: AccuracySett
     rows, confusions = [], {}
     combos = list(itertools.product(settings.clip_counts, settings.resize_modes, settings.heads))
     for clips, resize, head in tqdm(combos, desc="accuracy", unit="setting"):
-        options = ScoreOptions(
-            num_clips=clips, resize_mode=resize, full_frame=head == "fully_conv", workers=workers
-        )
+        options = ScoreOptions(num_clips=clips, resize_mode=resize, full_frame=head == "fully_conv")
         probs = np.zeros((len(paths), spec.num_classes), np.float32)
         errors = []
-        for r in score_videos(paths, backend, options):
+        for r in score_videos(paths, backend, options, RuntimeOptions(workers=workers)):
             if r.ok:
                 probs[r.index] = r.probs
             else:

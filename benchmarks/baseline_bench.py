@@ -64,15 +64,16 @@ def run_baseline(model: BenchModel, videos: list[Path], settings: BaselineSettin
 def run_engine(model: BenchModel, videos: list[Path], variant: Variant, settings):
     """`r21d score`'s engine on every video: (probs per video, timing of the whole set)."""
     from r21d.infer.engine import ScoreOptions, default_workers, score_videos
+    from r21d.infer.runtime import RuntimeOptions
 
     backend = open_variant(model, variant, settings.device)
     workers = default_workers() if settings.workers is None else settings.workers
-    options = ScoreOptions(num_clips=settings.num_clips, workers=workers)
-    list(score_videos([str(videos[0])], backend, options))  # warm-up, as for the baseline
+    options, runtime = ScoreOptions(num_clips=settings.num_clips), RuntimeOptions(workers=workers)
+    list(score_videos([str(videos[0])], backend, options, runtime))  # warm-up, as for the baseline
     probs: dict[Path, np.ndarray] = {}
 
     def score_all() -> None:
-        for r in score_videos([str(v) for v in videos], backend, options):
+        for r in score_videos([str(v) for v in videos], backend, options, runtime):
             if not r.ok:
                 raise RuntimeError(f"{r.path}: {r.error}")
             probs[Path(r.path)] = r.probs

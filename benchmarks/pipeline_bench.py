@@ -12,10 +12,19 @@ Three questions, one report:
 3. Does a long video cost about as much as a short one? A 10-minute synthetic video against a
    10-second one of the same codec, size and key-frame interval (2 s): frames decoded and the
    wall-time ratio (target <= 3x).
+4. What does moving clips from the decode workers cost? The engine with clips in shared
+   memory (the default) against clips pickled through the workers' pipes, side by side: bytes
+   through the pipe, bytes copied and the peak memory (PSS of the scoring process and its
+   decode workers, sampled) per run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
+import os
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +37,8 @@ from r21d.benchmarks.variants import REFERENCE, Variant, open_variant
 from r21d.benchmarks.videos import cached_video, keyframe_interval
 from r21d.errors import BadOptionError
 
-PIPELINE_TARGET = 0.9
+PIPELINE_TARGET = 0.95
+MEMORY_SAMPLE_S = 0.01
 LONG_TARGET = 3.0
 
 
@@ -78,17 +88,19 @@ def run_pipeline_bench(
 ) -> Report:
     """Throughput, decode economy and long-video cost; see the module docstring."""
     from r21d.infer.engine import ScoreOptions, default_workers, score_videos
+    from r21d.infer.runtime import RuntimeOptions
 
     if not videos:
         raise BadOptionError("no videos to score")
     backend = open_variant(model, settings.variant, settings.device)
     workers = default_workers() if settings.workers is None else settings.workers
     batch = settings.batch_size or backend.default_batch
-    options = ScoreOptions(num_clips=settings.num_clips, workers=workers, batch_size=batch)
+    options = ScoreOptions(num_clips=settings.num_clips)
+    runtime = RuntimeOptions(workers=workers, batch_size=batch)
     paths = [str(videos[i % len(videos)]) for i in range(settings.videos)]
 
-    def score_all(paths=paths, options=options) -> list:
-        results = list(score_videos(paths, backend, options))
+    def score_all(paths=paths, transfer="shared_memory") -> list:
+        results = list(score_videos(paths, backend, options, runtime, transfer=transfer))
         failed = [r for r in results if not r.ok]
         if failed:
             raise RuntimeError(f"{failed[0].path}: {failed[0].error}")
@@ -128,8 +140,66 @@ def run_pipeline_bench(
     throughput["ratio"] = throughput["engine_clips_per_s"] / throughput["model_clips_per_s"]
 
     decode_rows = [_decode_row(p, decoded[p], backend.spec, settings.num_clips) for p in decoded]
-    long_rows = _long_vs_short(backend, cache_dir, settings, score_videos, ScoreOptions)
-    return _report(model, throughput, decode_rows, long_rows, settings)
+    long_rows = _long_vs_short(backend, cache_dir, settings, options)
+    views = options.for_spec(backend.spec)
+    clip_bytes = views.num_clips * views.crops * int(np.prod(clips.shape[1:]))
+    transfer_rows = [_transfer_row(t, score_all, clip_bytes) for t in ("shared_memory", "pipe")]
+    return _report(model, throughput, decode_rows, long_rows, transfer_rows, settings)
+
+
+def _transfer_row(transfer: str, score_all, clip_bytes: int) -> dict:
+    """One engine pass with clips moved by ``transfer``: speed, bytes and peak memory."""
+    sampler = _PeakMemory()
+    with sampler:
+        start = time.perf_counter()
+        results = score_all(transfer=transfer)
+        seconds = time.perf_counter() - start
+    n = len(results)
+    through_pipe = sum(r.transfer_bytes for r in results) / n
+    batch_copies = sum(r.copy_bytes for r in results) / n
+    return {
+        "transfer": transfer,
+        "videos": n,
+        "videos_per_s": n / seconds,
+        "clip_mib_per_video": clip_bytes / 2**20,
+        "pipe_mib_per_video": through_pipe / 2**20,
+        "batch_copy_mib_per_video": batch_copies / 2**20,
+        # pickling in the worker and unpickling here each copy what crosses the pipe
+        "copied_mib_per_video": (2 * through_pipe + batch_copies) / 2**20,
+        "peak_pss_mib": sampler.peak / 2**20,
+        "peak_over_start_mib": (sampler.peak - sampler.start) / 2**20,
+    }
+
+
+class _PeakMemory:
+    """Peak proportional set size (PSS: shared pages split between the processes mapping
+    them) of this process and its children, sampled from /proc while the block runs."""
+
+    def __enter__(self) -> _PeakMemory:
+        self.start = self.peak = _pss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(MEMORY_SAMPLE_S):
+            self.peak = max(self.peak, _pss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _pss_bytes() -> int:
+    pids = [os.getpid(), *(c.pid for c in mp.active_children())]
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def _batches(clips: np.ndarray, size: int, fixed: int | None) -> list[np.ndarray]:
@@ -161,10 +231,13 @@ def _decode_row(path: str, decoded, spec, num_clips: int) -> dict:
     }
 
 
-def _long_vs_short(backend, cache_dir, settings: PipelineSettings, score_videos, options_cls):
+def _long_vs_short(backend, cache_dir, settings: PipelineSettings, options) -> list[dict]:
     """Score the long and the short synthetic video alone (decoding in-process, so the wall
     time is this video's own decode + model time); frames decoded and median wall time."""
-    options = options_cls(num_clips=settings.num_clips, workers=0, batch_size=None)
+    from r21d.infer.engine import score_videos
+    from r21d.infer.runtime import RuntimeOptions
+
+    runtime = RuntimeOptions(workers=0)
     rows = []
     for kind, seconds in (("short", settings.short_seconds), ("long", settings.long_seconds)):
         path = cached_video(
@@ -173,7 +246,7 @@ def _long_vs_short(backend, cache_dir, settings: PipelineSettings, score_videos,
         results: list = []
 
         def score(path=path, results=results) -> None:
-            results[:] = list(score_videos([str(path)], backend, options))
+            results[:] = list(score_videos([str(path)], backend, options, runtime))
 
         timing = time_call(score, warmup=settings.warmup, repeats=settings.repeats)
         (result,) = results
@@ -198,7 +271,7 @@ def _long_vs_short(backend, cache_dir, settings: PipelineSettings, score_videos,
     return rows
 
 
-def _report(model, throughput, decode_rows, long_rows, settings) -> Report:
+def _report(model, throughput, decode_rows, long_rows, transfer_rows, settings) -> Report:
     long = long_rows[1]
     report = Report(
         name="pipeline",
@@ -206,7 +279,8 @@ def _report(model, throughput, decode_rows, long_rows, settings) -> Report:
         settings={**settings.as_dict(), "model": model.key},
         rows=[{"part": "throughput", **throughput}]
         + [{"part": "decode", **r} for r in decode_rows]
-        + [{"part": "long_video", **r} for r in long_rows],
+        + [{"part": "long_video", **r} for r in long_rows]
+        + [{"part": "transfer", **r} for r in transfer_rows],
         summary={
             "engine_videos_per_s": throughput["engine_videos_per_s"],
             "engine_clips_per_s": throughput["engine_clips_per_s"],
@@ -218,6 +292,10 @@ def _report(model, throughput, decode_rows, long_rows, settings) -> Report:
             "long_vs_short": long["vs_short"],
             "long_target": LONG_TARGET,
             "long_met": long["vs_short"] <= LONG_TARGET,
+            "copied_mib_per_video": {
+                r["transfer"]: r["copied_mib_per_video"] for r in transfer_rows
+            },
+            "peak_over_start_mib": {r["transfer"]: r["peak_over_start_mib"] for r in transfer_rows},
         },
     )
     report.add_section(
@@ -273,6 +351,26 @@ def _report(model, throughput, decode_rows, long_rows, settings) -> Report:
         )
         + f"\n\nTarget: long / short wall time <= {LONG_TARGET:g}x "
         f"({'met' if long['vs_short'] <= LONG_TARGET else 'NOT met'} in this run).",
+    )
+    report.add_section(
+        "Moving clips from the decode workers: shared memory against the pipe",
+        markdown_table(
+            transfer_rows,
+            [
+                ("transfer", "clips moved by"),
+                ("videos", "videos"),
+                ("videos_per_s", "videos/s"),
+                ("clip_mib_per_video", "clips MiB/video"),
+                ("pipe_mib_per_video", "through pipe MiB/video"),
+                ("batch_copy_mib_per_video", "batch copies MiB/video"),
+                ("copied_mib_per_video", "copied MiB/video"),
+                ("peak_over_start_mib", "peak PSS over start MiB"),
+            ],
+        )
+        + "\n\nCopied = twice what crosses the pipe (pickled in the worker, unpickled here) plus "
+        "the copies that assemble batches (none where a batch is a slice of one video's clips). "
+        "Peak PSS: this process and its decode workers, sampled every "
+        f"{MEMORY_SAMPLE_S * 1e3:g} ms, shared pages split between the processes mapping them.",
     )
     return report
 

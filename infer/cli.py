@@ -29,8 +29,8 @@ PRINT_LIMIT = 10
 
 
 def _add_common_arguments(p: argparse.ArgumentParser) -> None:
-    from r21d.infer.backends import BACKENDS, PRECISIONS
-    from r21d.infer.engine import default_workers
+    from r21d.infer.runtime import add_runtime_arguments
+    from r21d.spec import CROP_COUNTS, RESIZE_MODES
 
     p.add_argument("paths", nargs="+", metavar="PATH", help="folders, videos or @list.txt files")
     p.add_argument(
@@ -46,61 +46,25 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="checkpoint (.safetensors), ONNX model (.onnx) or TensorRT engine",
     )
-    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
-    p.add_argument(
+    protocol = p.add_argument_group("test protocol (default: the model's spec)")
+    protocol.add_argument(
+        "--clips", type=int, help="clips per video (default: the spec's, 10 for R(2+1)D)"
+    )
+    protocol.add_argument(
         "--crops",
         type=int,
-        choices=(1, 3),
-        default=1,
-        help="spatial crops per clip (default 1, the centre)",
+        choices=CROP_COUNTS,
+        help="spatial crops per clip: 1 the centre, 3 along the long side (default: the spec's)",
     )
-    p.add_argument(
-        "--resize",
-        choices=("fixed", "short_edge"),
-        help="frame resizing (default: the model's spec)",
+    protocol.add_argument(
+        "--resize", choices=RESIZE_MODES, help="frame resizing (default: the model's spec)"
     )
-    p.add_argument(
+    protocol.add_argument(
         "--full-frame",
         action="store_true",
         help="score the whole resized frame fully-convolutionally, not a crop",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help="decode processes (default %(default)s; 0 decodes in this process)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        help="clips per model call (default on CPU: 1 at fp32, 4 at bf16; 32 on GPU; or the "
-        "model's fixed size)",
-    )
-    p.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="default: from the model file's suffix"
-    )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="default fp32 (torch) or the graph's own (onnxruntime, tensorrt)",
-    )
-    p.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="torch: channels_last_3d memory format (faster on many CPUs)",
-    )
-    p.add_argument(
-        "--ort-provider",
-        choices=("cpu", "cuda", "tensorrt"),
-        help="onnxruntime execution provider (default: from --device)",
-    )
-    p.add_argument(
-        "--allow-cpu-fallback",
-        action="store_true",
-        help="warn instead of failing when a GPU provider falls back to the CPU",
-    )
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
+    add_runtime_arguments(p)
     p.add_argument(
         "--overwrite", action="store_true", help="start the output over instead of resuming it"
     )
@@ -143,9 +107,9 @@ def register(subparsers) -> None:
 
 
 def _open(args: argparse.Namespace):
-    """Videos, backend and engine options from the parsed arguments."""
-    from r21d.infer.backends import open_backend
+    """Videos, backend, protocol and runtime options from the parsed arguments."""
     from r21d.infer.engine import ScoreOptions
+    from r21d.infer.runtime import runtime_from_args
     from r21d.infer.sources import find_videos
 
     paths = find_videos(args.paths, args.list)
@@ -156,20 +120,9 @@ def _open(args: argparse.Namespace):
         crops=args.crops,
         full_frame=args.full_frame,
         resize_mode=args.resize,
-        workers=args.workers,
-        batch_size=args.batch_size,
     )
-    backend = open_backend(
-        args.model,
-        args.backend,
-        args.device,
-        args.precision,
-        channels_last=args.channels_last,
-        ort_provider=args.ort_provider,
-        allow_cpu_fallback=args.allow_cpu_fallback,
-        threads=args.threads,
-    )
-    return paths, backend, options
+    runtime = runtime_from_args(args)
+    return paths, runtime.open(args.model), options, runtime
 
 
 def _check_same_model(records: list[dict], model: str, output: str) -> None:
@@ -215,7 +168,7 @@ class _Progress:
         )
 
 
-def _run(paths, backend, options, done: set[str], output: str, handle) -> int:
+def _run(paths, backend, options, runtime, done: set[str], output: str, handle) -> int:
     """Score the paths not in ``done``, passing each result to ``handle``; return failures."""
     from r21d.infer.engine import score_videos
 
@@ -227,7 +180,7 @@ def _run(paths, backend, options, done: set[str], output: str, handle) -> int:
     )
     progress = _Progress(len(todo), len(paths) - len(todo), output)
     try:
-        for result in score_videos(todo, backend, options):
+        for result in score_videos(todo, backend, options, runtime):
             handle(result, progress)
             progress.update(result)
     except KeyboardInterrupt:
@@ -243,7 +196,7 @@ def score_command(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise BadOptionError(f"--top-k must be >= 1, got {args.top_k}")
-    paths, backend, options = _open(args)
+    paths, backend, options, runtime = _open(args)
     spec, model = backend.spec, Path(args.model).name
     fmt = output_format(args.output, args.format)
     columns = csv_columns(args.top_k) if fmt == "csv" else None
@@ -257,7 +210,7 @@ def score_command(args: argparse.Namespace) -> int:
             if show:
                 progress.write(_format_result(result, spec))
 
-        failed = _run(paths, backend, options, out.done, args.output, handle)
+        failed = _run(paths, backend, options, runtime, out.done, args.output, handle)
     return 1 if failed else 0
 
 
@@ -277,7 +230,7 @@ def extract_command(args: argparse.Namespace) -> int:
     if directory.exists() and not directory.is_dir():
         raise BadOptionError(f"-o {directory} exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    paths, backend, options = _open(args)
+    paths, backend, options, runtime = _open(args)
     model = Path(args.model).name
     index = directory / "index.jsonl"
     with RecordFile(index, "jsonl", overwrite=args.overwrite) as out:
@@ -301,5 +254,5 @@ def extract_command(args: argparse.Namespace) -> int:
             }
             out.write(record)
 
-        failed = _run(paths, backend, options, out.done, str(index), handle)
+        failed = _run(paths, backend, options, runtime, out.done, str(index), handle)
     return 1 if failed else 0

@@ -16,6 +16,7 @@ error in the frames a clip needs (for example ``InvalidDataError`` mid-stream) i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,8 @@ Window = list[tuple[int, VideoFrame]]
 """Consecutive decoded frames with their frame indices."""
 Box = tuple[int, int, int, int]
 """A crop as (top, left, height, width)."""
+Allocator = Callable[[tuple[int, ...], type], np.ndarray]
+"""Makes the output array of a shape and dtype (``np.empty`` by default)."""
 
 __all__ = [
     "DecodedClips",
@@ -93,12 +96,15 @@ def decode_clips(
     resize_size: tuple[int, ...] | int = (128, 171),
     crop_size: int | None = 112,
     crops: int = 1,
+    allocate: Allocator = np.empty,
 ) -> DecodedClips:
     """``num_clips`` uniformly spaced clips of ``clip_len`` frames, resized and cropped.
 
     ``resize_mode`` is ``"fixed"`` (``resize_size=(h, w)``) or ``"short_edge"``
     (``resize_size=(short_side,)``). ``crop_size=None`` keeps the whole resized frame; ``crops=3``
-    takes three crops along the long side (start, centre, end).
+    takes three crops along the long side (start, centre, end). ``allocate(shape, dtype)``
+    makes the output array, so a caller can have the frames written straight into memory it
+    shares with another process.
     """
     span = clip_span(clip_len, frame_step)
     if num_clips < 1:
@@ -110,7 +116,7 @@ def decode_clips(
         boxes = crop_boxes(height, width, crop_size, crops)
         scaler = _Scaler(reader.rotation, height, width)
         box_h, box_w = boxes[0][2], boxes[0][3]
-        clips = np.empty((num_clips * len(boxes), clip_len, box_h, box_w, 3), dtype=np.uint8)
+        clips = allocate((num_clips * len(boxes), clip_len, box_h, box_w, 3), np.uint8)
 
         num_frames = info.num_frames
         for attempt in range(2):  # a second pass only when the header over-counted
@@ -150,6 +156,7 @@ def decode_for_spec(
     num_clips: int = 10,
     crops: int = 1,
     full_frame: bool = False,
+    allocate: Allocator = np.empty,
 ) -> DecodedClips:
     """:func:`decode_clips` with clip length, sampling, resizing and crop taken from ``spec``.
 
@@ -164,6 +171,7 @@ def decode_for_spec(
         resize_size=spec.resize_size,
         crop_size=None if full_frame else spec.crop_size,
         crops=crops,
+        allocate=allocate,
     )
 
 

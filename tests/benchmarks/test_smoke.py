@@ -87,6 +87,13 @@ def test_pipeline_bench_decodes_only_what_the_clips_need(results):
     # 2 clips of 8 frames in a 20-second video: at most 2 x (8 + 60) frames, not all 600.
     assert long["frames_decoded"] <= 2 * (8 + 60) < long["seconds"] * fps
     assert math.isclose(long["vs_short"], long["wall_s"] / short["wall_s"])
+    shared, piped = [r for r in rows if r["part"] == "transfer"]
+    assert (shared["transfer"], piped["transfer"]) == ("shared_memory", "pipe")
+    # Only a header crosses the pipe with shared memory; pickled clips at least their size.
+    assert shared["pipe_mib_per_video"] < 0.01 * shared["clip_mib_per_video"]
+    assert piped["pipe_mib_per_video"] >= piped["clip_mib_per_video"] > 0
+    assert shared["copied_mib_per_video"] < piped["copied_mib_per_video"]
+    assert shared["peak_pss_mib"] > 0 and piped["peak_pss_mib"] > 0
 
 
 def test_baseline_bench_compares_the_same_videos(results):

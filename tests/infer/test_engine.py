@@ -15,6 +15,7 @@ from r21d.infer.backends import open_backend
 from r21d.infer.decode import decode_for_spec
 from r21d.infer.engine import ScoreOptions, score_videos
 from r21d.infer.records import RecordFile, csv_columns, feature_file_name, save_features
+from r21d.infer.runtime import RuntimeOptions
 from r21d.models import build_model
 
 
@@ -49,8 +50,8 @@ def test_video_prediction_is_the_mean_of_its_clip_softmax_outputs(backend, tmp_p
     """Packing clips of three videos into batches of 3 must not mix up whose clip is whose."""
     paths = _videos(tmp_path / "v", [(160, 120)] * 3)
     recorder = ShapeRecorder(backend)
-    options = ScoreOptions(num_clips=2, workers=0, batch_size=3)
-    results = {r.path: r for r in score_videos(paths, recorder, options)}
+    options, runtime = ScoreOptions(num_clips=2), RuntimeOptions(workers=0, batch_size=3)
+    results = {r.path: r for r in score_videos(paths, recorder, options, runtime)}
 
     assert sorted(results) == sorted(paths)
     assert [s[0] for s in recorder.shapes] == [3, 3]  # 6 clips, batches span videos
@@ -72,10 +73,11 @@ def test_full_frame_batches_hold_one_shape_only(backend, tmp_path):
     together, and each video still gets the same scores as when run alone."""
     paths = _videos(tmp_path / "v", [(160, 120), (120, 160), (160, 120)])
     recorder = ShapeRecorder(backend)
-    options = ScoreOptions(
-        num_clips=2, workers=0, batch_size=4, full_frame=True, resize_mode="short_edge"
+    options, runtime = (
+        ScoreOptions(num_clips=2, full_frame=True, resize_mode="short_edge"),
+        RuntimeOptions(workers=0, batch_size=4),
     )
-    results = {r.path: r for r in score_videos(paths, recorder, options)}
+    results = {r.path: r for r in score_videos(paths, recorder, options, runtime)}
 
     frame_shapes = {s[1:] for s in recorder.shapes}
     assert frame_shapes == {(8, 128, 171, 3), (8, 171, 128, 3)}
@@ -88,17 +90,22 @@ def test_full_frame_batches_hold_one_shape_only(backend, tmp_path):
 
 def test_fixed_batch_backends_get_padded_last_batches(backend, tmp_path):
     paths = _videos(tmp_path / "v", [(160, 120)] * 2)
-    plain = {r.path: r.probs for r in score_videos(paths, backend, ScoreOptions(2, workers=0))}
+    plain = {
+        r.path: r.probs
+        for r in score_videos(paths, backend, ScoreOptions(2), RuntimeOptions(workers=0))
+    }
     recorder = ShapeRecorder(backend, fixed_batch=3)
-    options = ScoreOptions(num_clips=2, workers=0, batch_size=3)
-    padded = {r.path: r for r in score_videos(paths, recorder, options)}
+    options, runtime = ScoreOptions(num_clips=2), RuntimeOptions(workers=0, batch_size=3)
+    padded = {r.path: r for r in score_videos(paths, recorder, options, runtime)}
 
     assert [s[0] for s in recorder.shapes] == [3, 3]  # 4 clips: 3 + (1 padded to 3)
     for path in paths:
         assert padded[path].clips == 2
         np.testing.assert_allclose(padded[path].probs, plain[path], atol=1e-5)
     with pytest.raises(ValueError, match="exactly 3 clips"):
-        list(score_videos(paths, recorder, ScoreOptions(2, workers=0, batch_size=4)))
+        list(
+            score_videos(paths, recorder, ScoreOptions(2), RuntimeOptions(workers=0, batch_size=4))
+        )
 
 
 def test_broken_videos_yield_one_error_each_and_the_rest_score(backend, tmp_path, shared_videos):
@@ -112,8 +119,8 @@ def test_broken_videos_yield_one_error_each_and_the_rest_score(backend, tmp_path
     broken = [str(folder / n) for n in ("empty.mp4", "notes.mp4", "truncated.mp4")]
     broken.append(str(shared_videos / "corrupted.mp4"))
 
-    options = ScoreOptions(num_clips=2, workers=2, batch_size=2)
-    results = list(score_videos(good + broken, backend, options))
+    options, runtime = ScoreOptions(num_clips=2), RuntimeOptions(workers=2, batch_size=2)
+    results = list(score_videos(good + broken, backend, options, runtime))
 
     assert sorted(r.path for r in results) == sorted(good + broken)  # exactly one each
     by_path = {r.path: r for r in results}
@@ -197,7 +204,9 @@ def test_a_decoder_process_that_dies_costs_one_video_not_the_run(backend, tmp_pa
     """A crash inside the decoding library kills its process: that video becomes an error
     result, a new worker takes over, and every other video is still scored."""
     paths = _videos(tmp_path / "v", [(160, 120)] * 4, frames=24)
-    results = score_videos(paths, backend, ScoreOptions(num_clips=1, workers=1, batch_size=1))
+    results = score_videos(
+        paths, backend, ScoreOptions(num_clips=1), RuntimeOptions(workers=1, batch_size=1)
+    )
     first = next(results)
     (worker,) = mp.active_children()
     os.kill(worker.pid, signal.SIGKILL)  # busy with (or handing over) another video
@@ -208,3 +217,30 @@ def test_a_decoder_process_that_dies_costs_one_video_not_the_run(backend, tmp_pa
     assert len(died) == 1 and "decoder process died" in died[0].error
     assert all(r.ok for r in [first, *rest] if r is not died[0])
     assert not mp.active_children()  # the replacement worker was stopped at the end
+
+
+def test_clips_cross_from_the_workers_in_shared_memory_not_the_pipe(backend, tmp_path):
+    """Shared memory and the pipe give the same scores; only a small header crosses the pipe,
+    a batch that is a slice of one video's clips is not copied, and no block is left behind."""
+    paths = _videos(tmp_path / "v", [(160, 120)] * 3, frames=24)
+    clip_bytes = decode_for_spec(paths[0], backend.spec, num_clips=2).clips.nbytes
+    before = set(os.listdir("/dev/shm"))
+    runs = {}
+    for transfer in ("shared_memory", "pipe"):
+        runtime = RuntimeOptions(workers=2, batch_size=2)
+        results = score_videos(paths, backend, ScoreOptions(2), runtime, transfer=transfer)
+        runs[transfer] = {r.path: r for r in results}
+
+    for path in paths:
+        shared, piped = runs["shared_memory"][path], runs["pipe"][path]
+        np.testing.assert_array_equal(shared.probs, piped.probs)
+        assert 0 < shared.transfer_bytes < 4096 < clip_bytes <= piped.transfer_bytes
+        assert shared.copy_bytes == piped.copy_bytes == 0  # batch 2 = one video's 2 clips
+    assert set(os.listdir("/dev/shm")) == before
+    mixed = {
+        r.path: r
+        for r in score_videos(
+            paths, backend, ScoreOptions(2), RuntimeOptions(workers=0, batch_size=3)
+        )
+    }
+    assert sum(r.copy_bytes for r in mixed.values()) == 3 * clip_bytes  # batches span videos

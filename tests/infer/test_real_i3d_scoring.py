@@ -14,6 +14,7 @@ import pytest
 from r21d.export.onnx import export_onnx
 from r21d.infer.backends import open_backend
 from r21d.infer.engine import ScoreOptions, score_videos
+from r21d.infer.runtime import RuntimeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def torch_fp32(i3d_checkpoint, videos):
 
 def _score(model: Path, videos: list[str], backend: str, precision: str) -> dict:
     scorer = open_backend(model, backend, "cpu", precision)
-    results = score_videos(videos, scorer, ScoreOptions(num_clips=10, workers=1))
+    results = score_videos(videos, scorer, ScoreOptions(num_clips=10), RuntimeOptions(workers=1))
     by_name = {Path(r.path).name: r for r in results}
     assert all(r.ok and r.clips == 10 for r in by_name.values()), by_name
     return {"spec": scorer.spec, **by_name}
