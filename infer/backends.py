@@ -157,6 +157,8 @@ def open_backend(
         return OnnxRuntimeBackend(
             path, device, precision, ort_provider, allow_cpu_fallback, threads
         )
+    if backend == "openvino":
+        return OpenVinoBackend(path, device, precision, threads)
     return TensorRTBackend(path, device, precision)
 
 
@@ -466,3 +468,83 @@ class TensorRTBackend(Backend):
                 buffers["probs"][:n].float().cpu().numpy(),
                 buffers["features"][:n].float().cpu().numpy(),
             )
+
+
+class OpenVinoBackend(Backend):
+    """An r21d ONNX model compiled by OpenVINO for the CPU (only when asked for:
+    ``--backend openvino``; ``pip install r21d[openvino]``).
+
+    The inference precision is always set: OpenVINO computes in bf16 by itself on CPUs with
+    AMX or AVX-512 BF16 unless ``INFERENCE_PRECISION_HINT`` says f32, so ``precision=None``
+    means fp32 here, never OpenVINO's own choice. One stream with the latency hint, since the
+    engine calls the model one batch at a time. On 2 AMX cores OpenVINO bf16 outran torch bf16
+    + channels_last_3d (benchmarks/results/model.md).
+    """
+
+    name = "openvino"
+    HINTS = {"fp32": "f32", "bf16": "bf16"}
+    """r21d precision -> OpenVINO ``INFERENCE_PRECISION_HINT`` (fp16 is not offered on CPUs)."""
+
+    def __init__(self, path: Path, device: str, precision: str | None, threads: int | None = None):
+        from r21d.artefacts import load_onnx_info
+        from r21d.optional import import_optional
+
+        ov = import_optional("openvino")  # one line, saying how to install it
+        if device != "cpu":
+            raise BackendError(
+                f"the openvino backend runs on the CPU (OpenVINO's CPU plugin), not {device}; "
+                "pass --device cpu"
+            )
+        precision = precision or "fp32"
+        if precision not in self.HINTS:
+            raise BackendError(
+                f"the openvino backend computes in fp32 or bf16 on the CPU, not {precision}"
+            )
+        info = load_onnx_info(path)
+        if info.precision != "fp32":
+            raise BackendError(
+                f"{path} is an {info.precision} graph; the openvino backend reads the fp32 graph "
+                "and computes in the precision asked for (--precision fp32 or bf16)"
+            )
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"
+        ):
+            raise BackendError("this CPU has no native bf16 for OpenVINO; use --precision fp32")
+        config = {
+            "INFERENCE_PRECISION_HINT": self.HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        applied = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if str(applied) != str(getattr(ov.Type, self.HINTS[precision])):
+            raise BackendError(f"OpenVINO compiled in {applied}, not the {precision} asked for")
+        self.spec = info.spec
+        self.device = "cpu"
+        self.precision = precision
+        self._input_format = info.input_format
+        names = [i.get_any_name() for i in compiled.inputs]
+        outputs = [o.get_any_name() for o in compiled.outputs]
+        if len(names) != 1 or outputs[:2] != ["probs", "features"]:
+            raise BackendError(
+                f"{path}: expected one input and outputs 'probs', 'features', got {names} -> "
+                f"{outputs} (was it exported by r21d?)"
+            )
+        self._request = compiled.create_infer_request()
+        if self._input_format == "float":
+            self._mean = np.asarray(self.spec.mean, np.float32)
+            self._std = np.asarray(self.spec.std, np.float32)
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = frames
+        if self._input_format == "float":  # normalised NCTHW clips, as the graph expects
+            x = np.ascontiguousarray(
+                ((frames.astype(np.float32) - self._mean) / self._std).transpose(0, 4, 1, 2, 3)
+            )
+        self._request.infer({0: x})
+        probs = self._request.get_tensor("probs").data.copy()
+        features = self._request.get_tensor("features").data.copy()
+        return probs, features

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from r21d.infer.backends import Backend
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 """``auto`` picks the backend from the model file's suffix."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
