@@ -26,7 +26,21 @@ ARCH_DEPTHS: dict[str, tuple[int, ...]] = {
     "r2plus1d_tv": (18,),  # torchvision widths (per-block middle channels)
     "r3d": (18, 34),  # the paper's 3D baseline: full 3x3x3 convs
     "i3d": (22,),  # Inception-v1 inflated: 22 layers deep
+    # VideoMAE V2 ViTs (DESIGN.md s.12): one depth per size, named by the size alone
+    "videomae2_vit_s": (12,),
+    "videomae2_vit_b": (12,),
+    "videomae2_vit_l": (24,),
+    "videomae2_vit_h": (32,),
+    "videomae2_vit_g": (40,),
 }
+VIT_PATCH = {
+    "videomae2_vit_s": 16,
+    "videomae2_vit_b": 16,
+    "videomae2_vit_l": 16,
+    "videomae2_vit_h": 16,
+    "videomae2_vit_g": 14,
+}
+"""ViT archs and their tubelet's spatial patch size (tubelets are 2 frames deep)."""
 VIDEO_RESNETS = ("r2plus1d", "r2plus1d_tv", "r3d")
 """Archs with the Caffe2 head: pool (clip_len/8, 7, 7) after /8 in time and /16 in space."""
 RESIZE_MODES = ("fixed", "short_edge")
@@ -35,6 +49,11 @@ FIXED_ASPECT = 4 / 3
 """Caffe2's fixed frame is 4:3 landscape: short side 128 -> 128x171 (DESIGN.md s.6)."""
 CROP_COUNTS = (1, 3)
 """Crops per clip: the centre, or three along the long side (start, centre, end)."""
+
+
+def model_name(arch: str, depth: int) -> str:
+    """Registry name of ``arch`` at ``depth``: ``r2plus1d_34``; a ViT size is named alone."""
+    return arch if arch in VIT_PATCH else f"{arch}_{depth}"
 
 
 class SpecError(BadModelFileError):
@@ -54,6 +73,9 @@ class ModelSpec:
     ``num_crops`` crops (1: the centre; 3: along the long side), so a video is scored from
     ``views`` = clips x crops softmax outputs, averaged. ``fixed_input`` models (ViTs, whose
     position table is tied to one token grid) take only ``clip_len x crop_size x crop_size``.
+
+    ViTs only: ``layer_norm_eps`` is the LayerNorm epsilon the weights were trained with
+    (upstream 1e-6) and ``layer_scale`` whether the blocks have ``gamma_1``/``gamma_2``.
     """
 
     arch: str
@@ -72,6 +94,8 @@ class ModelSpec:
     num_clips: int = 10
     num_crops: int = 1
     fixed_input: bool = False
+    layer_norm_eps: float = 1e-6
+    layer_scale: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,8 +107,8 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
-        """Registry name of the architecture, e.g. ``r2plus1d_34``."""
-        return f"{self.arch}_{self.depth}"
+        """Registry name of the architecture, e.g. ``r2plus1d_34`` (ViTs: ``videomae2_vit_b``)."""
+        return model_name(self.arch, self.depth)
 
     @property
     def views(self) -> int:
@@ -159,6 +183,10 @@ class ModelSpec:
                 f"clip_len {self.clip_len} is too short for I3D: its head pools 2 positions in "
                 "time after the /8 down-sampling, so it needs at least 9 frames"
             )
+        if self.arch in VIT_PATCH:
+            self._validate_vit()
+        elif self.layer_scale:
+            raise SpecError(f"layer_scale is a ViT option; {self.arch} has none")
         if self.frame_step < 1:
             raise SpecError(f"frame_step must be >= 1, got {self.frame_step}")
         if self.resize_mode not in RESIZE_MODES:
@@ -187,6 +215,25 @@ class ModelSpec:
             raise SpecError(f"num_crops must be one of {CROP_COUNTS}, got {self.num_crops!r}")
         if not 0 < self.width <= 4:
             raise SpecError(f"width multiplier must be in (0, 4], got {self.width}")
+
+    def _validate_vit(self) -> None:
+        patch = VIT_PATCH[self.arch]
+        if self.clip_len % 2:
+            raise SpecError(
+                f"clip_len {self.clip_len} is odd: {self.name} embeds tubelets of 2 frames"
+            )
+        if self.crop_size % patch:
+            raise SpecError(
+                f"crop_size {self.crop_size} is not a multiple of {self.name}'s {patch}-pixel patch"
+            )
+        if not self.fixed_input:
+            raise SpecError(
+                f"{self.name} needs fixed_input: its position table is tied to one token grid"
+            )
+        if self.width != 1.0:
+            raise SpecError(f"{self.name} comes in its published size only (width 1.0)")
+        if not 0 < self.layer_norm_eps < 1:
+            raise SpecError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps}")
 
     def to_json(self) -> str:
         """Serialise to a JSON string (what artefacts store)."""

@@ -29,7 +29,10 @@ POOL_SIZE = 7
 
 
 def min_spatial_size(spec: ModelSpec) -> int:
-    """Smallest frame height/width the head's 7x7 pool accepts (112 for R(2+1)D, 224 for I3D)."""
+    """Smallest frame height/width the head's 7x7 pool accepts (112 for R(2+1)D, 224 for I3D);
+    for ``fixed_input`` models (ViTs) the one size they take, the crop size."""
+    if spec.fixed_input:
+        return spec.crop_size
     return SPATIAL_STRIDE[spec.arch] * POOL_SIZE
 
 
@@ -40,7 +43,8 @@ def check_input_shape(
 
     ``shape`` is ``(N, T, H, W, 3)`` for ``input_format="uint8"`` or ``(N, 3, T, H, W)`` for
     ``"float"``; with ``None`` the layout is read from where the 3 colour channels sit. Called
-    before any graph runs, by every backend: a clip shorter than ``spec.min_frames`` (the
+    before any graph runs, by every backend: a ``fixed_input`` model (a ViT) takes only
+    ``clip_len x crop_size x crop_size``; otherwise a clip shorter than ``spec.min_frames`` (the
     temporal pool needs ``clip_len/8`` positions after the /8 down-sampling) or frames smaller
     than :func:`min_spatial_size` would otherwise fail deep inside the runtime, or not at all.
     """
@@ -66,6 +70,15 @@ def check_input_shape(
         )
     if n < 1:
         raise BadOptionError(f"batch size must be at least 1; got shape {shape}")
+    if spec.fixed_input:
+        want = (spec.clip_len, spec.crop_size, spec.crop_size)
+        if (t, h, w) != want:
+            raise BadOptionError(
+                f"{spec.name} takes clips of exactly {'x'.join(map(str, want))} (T x H x W), got "
+                f"{t}x{h}x{w}: its position table is tied to that token grid (crop the frames to "
+                f"{spec.crop_size}x{spec.crop_size})"
+            )
+        return
     if t < spec.min_frames:
         raise BadOptionError(
             f"clip of {t} frames is shorter than the {spec.min_frames} frames {spec.name} needs: "
