@@ -151,8 +151,11 @@ def open_backend(
         raise BadOptionError(f"an onnxruntime provider was given for the {backend} backend")
     device = parse_device(options.device)
     if backend == "torch":
+        from r21d.checkpoint import load_checkpoint
+
+        model, spec = load_checkpoint(path)
         layout = channels_last is not False
-        return TorchBackend(path, device, precision or "fp32", layout, threads)
+        return TorchBackend(model, spec, device, precision or "fp32", layout, threads)
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(
             path, device, precision, ort_provider, allow_cpu_fallback, threads
@@ -163,17 +166,20 @@ def open_backend(
 
 
 class TorchBackend(Backend):
-    """A ``.safetensors`` checkpoint run eagerly in PyTorch (CPU or CUDA).
+    """A model run eagerly in PyTorch (CPU or CUDA): a ``.safetensors`` checkpoint, or a model
+    in memory (training validation scores the model being trained, sharing its weights).
 
     ``bf16`` runs under ``torch.autocast`` (CPU or CUDA); ``fp16`` under CUDA autocast only,
     since CPU half-precision convolutions are slow or missing. The softmax head runs in fp32.
+    The model is put in eval mode; a caller that trains it restores its modes afterwards.
     """
 
     name = "torch"
 
     def __init__(
         self,
-        path: Path,
+        model,
+        spec: ModelSpec,
         device: str,
         precision: str,
         channels_last: bool = False,
@@ -181,7 +187,6 @@ class TorchBackend(Backend):
     ):
         import torch
 
-        from r21d.checkpoint import load_checkpoint
         from r21d.models.heads import FullyConvolutional
 
         require_device(device)
@@ -191,7 +196,6 @@ class TorchBackend(Backend):
             )
         if threads:
             torch.set_num_threads(threads)
-        model, spec = load_checkpoint(path)
         self.spec = spec
         self.device = device
         self.precision = precision

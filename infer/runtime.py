@@ -206,7 +206,7 @@ def add_runtime_arguments(
         "--workers",
         type=int,
         default=argparse.SUPPRESS if suppress_defaults else default_workers(),
-        help="decode processes (default %(default)s; 0 decodes in this process)",
+        help=f"decode processes (default {default_workers()}; 0 decodes in this process)",
     )
     group.add_argument(
         "--ort-provider",

@@ -19,6 +19,13 @@ from typing import Any
 import yaml
 
 from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.infer.runtime import (
+    PRECISIONS,
+    RUNTIME_FIELDS,
+    add_runtime_arguments,
+    default_workers,
+    parse_device,
+)
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -52,7 +59,7 @@ class TrainConfig:
     multi_label: str = _opt("sample", "multi-label videos", ("sample", "sigmoid"))
     sampling: str = _opt("uniform", "video sampling", ("uniform", "sqrt"))
     # optimisation
-    batch_size: int = _opt(8, "clips per process per step")
+    batch_size: int = _opt(8, "clips per process per step (and per validation model call)")
     max_steps: int = _opt(1000, "optimiser steps")
     base_lr: float = _opt(0.1, "learning rate per 256 clips of global batch (linear scaling)")
     momentum: float = _opt(0.9, "SGD momentum")
@@ -63,16 +70,16 @@ class TrainConfig:
     schedule: str = _opt("step", "decay after warm-up", ("step", "cosine"))
     halvings: int = _opt(13, "times the step schedule halves the rate (the paper: 13)")
     precise_bn_batches: int = _opt(0, "recompute BN statistics over this many batches at the end")
-    precision: str = _opt("fp32", "autocast dtype (bf16 on CPU; fp16/bf16 on GPU)",
-                          ("fp32", "bf16", "fp16"))  # fmt: skip
+    precision: str = _opt("fp32", "autocast dtype (bf16 on CPU; fp16/bf16 on GPU)", PRECISIONS)
     # linear probe (finetune=linear_probe)
     l2: float = _opt(1e-3, "L2 weight of the logistic regression")
     lbfgs_steps: int = _opt(100, "LBFGS iterations of the logistic regression")
     # distributed and system
-    device: str = _opt("auto", "cpu, cuda, or auto", ("auto", "cpu", "cuda"))
-    channels_last: bool = _opt(True, "channels_last_3d memory format (faster convs on CPU)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    channels_last: bool = _opt(True, "channels_last_3d memory format (faster convs)")
     sync_bn: bool = _opt(False, "SyncBatchNorm (GPU only) instead of per-process BN statistics")
-    num_workers: int = _opt(2, "DataLoader decoding workers per process")
+    workers: int = _opt(default_workers(), "decoding processes per training process")
+    threads: int | None = _opt(None, "CPU threads for the model (default: all cores)")
     seed: int = _opt(0, "seed of initialisation, sampling and augmentation")
     deterministic: bool = _opt(False, "deterministic algorithms (exact resume; slower)")
     # bookkeeping
@@ -91,6 +98,7 @@ class TrainConfig:
             raise BadOptionError("output_dir is required")
         if not self.train_manifest:
             raise BadOptionError("train_manifest is required")
+        parse_device(self.device)
         for name in ("batch_size", "max_steps", "clip_len", "frame_step", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise BadOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -153,7 +161,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and one flag per :class:`TrainConfig` field (defaults left unset)."""
     parser.add_argument("--config", help="YAML or TOML file of options (flags override it)")
     hints = typing.get_type_hints(TrainConfig)
+    add_runtime_arguments(
+        parser, batch_help="clips per process per step (default: 8)", suppress_defaults=True
+    )
     for f in dataclasses.fields(TrainConfig):
+        if f.name in RUNTIME_FIELDS:
+            continue  # in the shared runtime group above
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
@@ -175,6 +188,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
+    _check_runtime_flags(args)
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     saved = Path(flags.get("output_dir") or ".") / "config.yaml"
@@ -194,3 +208,11 @@ def _base_type(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return typing.get_origin(hint) or hint
+
+
+def _check_runtime_flags(args: argparse.Namespace) -> None:
+    """The runtime options training cannot honour: it trains and validates in torch."""
+    if getattr(args, "backend", "auto") not in ("auto", "torch"):
+        raise BadOptionError(f"training runs the torch backend, not {args.backend}")
+    if getattr(args, "ort_provider", None) is not None:
+        raise BadOptionError("--ort-provider applies to onnxruntime, which training does not run")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from r21d.errors import RuntimeUnavailableError
+from r21d.infer.runtime import require_device
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,18 @@ class Context:
 
 
 def setup(device: str = "auto") -> Context:
-    """Join the ``torchrun`` process group (if any) and pick this process's device."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeUnavailableError("device=cuda asked for, but torch sees no CUDA device")
+    """Join the ``torchrun`` process group (if any) and pick this process's device: the one
+    asked for (``auto``, ``cpu``, ``cuda``, ``cuda:N``), or under ``torchrun`` with a GPU the
+    one its ``LOCAL_RANK`` names."""
+    device = require_device(device)
+    use_cuda = device != "cpu"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        index = local_rank if world_size > 1 else int(device.partition(":")[2])
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

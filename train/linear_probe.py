@@ -11,50 +11,45 @@ become the model's classifier, so the result is an ordinary r21d checkpoint.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from r21d.infer.decode import VideoError, decode_for_spec
+from r21d.errors import UnusableDataError
+from r21d.infer.runtime import RuntimeOptions
 from r21d.spec import ModelSpec
-from r21d.train.clips import normalize
 from r21d.train.data import VideoRecord
+from r21d.train.evaluate import score_records
 
-log = logging.getLogger(__name__)
 
-
-@torch.no_grad()
 def extract_features(
     model: nn.Module,
     records: Sequence[VideoRecord],
     spec: ModelSpec,
     *,
     num_clips: int = 10,
-    device: torch.device | str = "cpu",
+    device: str = "cpu",
+    runtime: RuntimeOptions | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Clip-averaged pooled features ``(V, feature_dim)`` and the indices of the records used.
+    """Clip-averaged pooled features ``(V, feature_dim)`` and the indices of the records used,
+    from the scoring core (the same features ``r21d extract`` writes).
 
     Undecodable videos are logged and left out.
     """
-    model.eval()
     features, used = [], []
-    for i, record in enumerate(tqdm(records, desc="features", disable=not progress)):
-        try:
-            decoded = decode_for_spec(record.path, spec, num_clips=num_clips)
-        except (VideoError, OSError) as e:
-            log.warning("skipping undecodable video %s: %s", record.path, e)
-            continue
-        x = normalize(decoded.clips, spec).to(device)
-        pooled = model.pool(model.features(x)).flatten(1).float()
-        features.append(pooled.mean(0).cpu())
-        used.append(i)
+    results = score_records(
+        model, records, spec, num_clips=num_clips, device=device, runtime=runtime,
+        progress=progress, desc="features",
+    )  # fmt: skip
+    for i, result in enumerate(results):
+        if result.ok:
+            features.append(torch.from_numpy(result.video_feature))
+            used.append(i)
     if not features:
-        raise RuntimeError("no video could be decoded for feature extraction")
+        raise UnusableDataError("no video could be decoded for feature extraction")
     return torch.stack(features), used
 
 
@@ -104,7 +99,8 @@ def linear_probe(
     l2: float = 1e-3,
     steps: int = 100,
     num_clips: int = 10,
-    device: torch.device | str = "cpu",
+    device: str = "cpu",
+    runtime: RuntimeOptions | None = None,
     progress: bool = False,
 ) -> nn.Module:
     """Fit the classifier of ``model`` by logistic regression on its frozen features.
@@ -112,8 +108,9 @@ def linear_probe(
     A multi-label video contributes one example per label.
     """
     features, used = extract_features(
-        model, records, spec, num_clips=num_clips, device=device, progress=progress
-    )
+        model, records, spec, num_clips=num_clips, device=device, runtime=runtime,
+        progress=progress,
+    )  # fmt: skip
     rows = [(row, label) for row, i in enumerate(used) for label in records[i].labels]
     x = features[[r for r, _ in rows]]
     y = torch.tensor([label for _, label in rows])

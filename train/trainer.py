@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from r21d.checkpoint import model_tensors, read_spec, save_checkpoint
 from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.infer.runtime import RuntimeOptions
 from r21d.spec import ModelSpec
 from r21d.train import distributed
 from r21d.train.config import TrainConfig
@@ -63,6 +64,8 @@ def train(config: TrainConfig) -> Path:
     """Run (or resume) the training ``config`` describes; returns the final checkpoint path."""
     config.validate()
     ctx = distributed.setup(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(config.deterministic or deterministic)
@@ -269,9 +272,9 @@ def _loader(
         dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.workers,
         pin_memory=ctx.device.type == "cuda",
-        prefetch_factor=4 if cfg.num_workers else None,
+        prefetch_factor=4 if cfg.workers else None,
     )
 
 
@@ -321,11 +324,21 @@ class _Window:
         return record
 
 
+def _scoring_runtime(cfg: TrainConfig) -> RuntimeOptions:
+    """Validation and the linear probe score through the scoring core with these options."""
+    return RuntimeOptions(
+        channels_last=cfg.channels_last,
+        threads=cfg.threads,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+    )
+
+
 def _validate(cfg, ctx, model, spec, val_set, metrics, step) -> None:
     if ctx.is_main:
         result = evaluate_videos(
-            model, val_set.records, spec, num_clips=cfg.val_clips, device=ctx.device,
-            progress=cfg.progress,
+            model, val_set.records, spec, num_clips=cfg.val_clips, device=str(ctx.device),
+            runtime=_scoring_runtime(cfg), progress=cfg.progress,
         )  # fmt: skip
         metrics.write({"step": step, **result.to_dict()})
         log.info("step %d: validation video accuracy %.4f", step, result.video_accuracy)
@@ -338,13 +351,15 @@ def _linear_probe(cfg, ctx, model, spec, train_set, val_set, metrics) -> Path:
         model.to(ctx.device)
         linear_probe(
             model, train_set.records, spec, l2=cfg.l2, steps=cfg.lbfgs_steps,
-            num_clips=cfg.val_clips, device=ctx.device, progress=cfg.progress,
+            num_clips=cfg.val_clips, device=str(ctx.device), runtime=_scoring_runtime(cfg),
+            progress=cfg.progress,
         )  # fmt: skip
         save_checkpoint(model, spec, final)
         if val_set:
             result = evaluate_videos(
-                model, val_set.records, spec, num_clips=cfg.val_clips, device=ctx.device
-            )
+                model, val_set.records, spec, num_clips=cfg.val_clips, device=str(ctx.device),
+                runtime=_scoring_runtime(cfg),
+            )  # fmt: skip
             metrics.write({"step": 0, **result.to_dict()})
     distributed.barrier(ctx)
     return final

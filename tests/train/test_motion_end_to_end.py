@@ -37,7 +37,7 @@ def test_tiny_model_learns_motion_direction_and_scores_the_same_after_export(
         warmup_steps=5,
         schedule="cosine",
         precise_bn_batches=10,  # 40 fast-moving steps leave the BN running averages behind
-        num_workers=1,
+        workers=1,
         checkpoint_every=20,
         log_every=5,
         progress=False,

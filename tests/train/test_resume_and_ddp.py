@@ -33,7 +33,7 @@ def small_config(manifest: Path, output: Path, **changes) -> TrainConfig:
         halvings=2,
         checkpoint_every=2,
         log_every=1,
-        num_workers=0,
+        workers=0,
         deterministic=True,
         progress=False,
         seed=3,

@@ -53,7 +53,7 @@ def test_fc_only_fine_tuning_with_sqrt_sampling_sigmoid_loss_and_bf16(
         batch_size=2,
         max_steps=2,
         base_lr=25.6,
-        num_workers=0,
+        workers=0,
         log_every=1,
         progress=False,
     )
