@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from r21d.infer.runtime import RuntimeOptions
 
 
 def _sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -43,7 +47,9 @@ def _model_names(text: str) -> list[tuple[str, int]]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    from r21d.infer.runtime import add_runtime_arguments
+
+    add_runtime_arguments(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -60,6 +66,36 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="tiny model, tiny videos, 1-2 repeats: checks the benchmark runs",
     )
+
+
+def _device(args) -> str:
+    """The device to benchmark on (``auto`` resolved); ``--threads`` applied to torch."""
+    from r21d.infer.runtime import parse_device
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return parse_device(args.device)
+
+
+def _variant_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--variant",
+        help="backend:precision[:cl], short for --backend --precision [--channels-last] "
+        "(default torch:fp32, or what those options say)",
+    )
+
+
+def _variant(args) -> RuntimeOptions:
+    """The variant the runtime options (or ``--variant``) name; torch fp32 by default."""
+    from r21d.infer.runtime import RuntimeOptions, runtime_from_args
+
+    if args.variant:
+        return RuntimeOptions.parse(args.variant)
+    backend = "torch" if args.backend == "auto" else args.backend
+    runtime = runtime_from_args(args, backend=backend, precision=args.precision or "fp32")
+    return runtime.replace(channels_last=bool(runtime.channels_last))
 
 
 def _model_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -126,9 +162,7 @@ def register(subparsers) -> None:
     _common(p)
     _model_arg(p, "R(2+1)D-18 8 frames, random weights")
     _videos_arg(p)
-    p.add_argument("--variant", default="torch:fp32", help="backend:precision[:cl]")
-    p.add_argument("--workers", type=int, help="decode processes (default: the engine's)")
-    p.add_argument("--batch-size", type=int)
+    _variant_arg(p)
     p.add_argument("--repeats", type=int)
     p.add_argument("--long-seconds", type=float, help="length of the long video (default 600)")
     p.set_defaults(func=_pipeline)
@@ -151,7 +185,7 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--manifest", type=Path, required=True, help="CSV of path,label rows")
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint")
-    p.add_argument("--variant", default="torch:fp32", help="backend:precision[:cl]")
+    _variant_arg(p)
     p.set_defaults(func=_accuracy)
 
 
@@ -161,8 +195,9 @@ def _suite(args):
     from r21d.benchmarks.models import DEFAULT_CACHE
     from r21d.benchmarks.run_all import Suite, default_out
 
-    suite = Suite(args.device, args.cache_dir or DEFAULT_CACHE, args.quick)
-    out = args.out or default_out(args.device, args.quick)
+    device = _device(args)
+    suite = Suite(device, args.cache_dir or DEFAULT_CACHE, args.quick)
+    out = args.out or default_out(device, args.quick)
     return suite, out, machine_info()
 
 
@@ -179,7 +214,7 @@ def _all(args) -> int:
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     return run_all(
         args.out,
-        device=args.device,
+        device=_device(args),
         quick=args.quick,
         cache_dir=args.cache_dir or DEFAULT_CACHE,
         only=only,
@@ -210,11 +245,10 @@ def _model(args) -> int:
 
 def _pipeline(args) -> int:
     from r21d.benchmarks.run_all import bench_pipeline, publish
-    from r21d.infer.runtime import RuntimeOptions
 
     suite, out, machine = _suite(args)
     settings = suite.pipeline_settings()
-    settings.variant = RuntimeOptions.parse(args.variant)
+    settings.variant = _variant(args)
     for name in ("workers", "batch_size", "repeats", "long_seconds"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
@@ -248,10 +282,9 @@ def _parity(args) -> int:
 
 def _accuracy(args) -> int:
     from r21d.benchmarks.run_all import bench_accuracy, publish
-    from r21d.infer.runtime import RuntimeOptions
 
     suite, out, machine = _suite(args)
     settings = suite.accuracy_settings()
-    settings.variant = RuntimeOptions.parse(args.variant)
+    settings.variant = _variant(args)
     publish(bench_accuracy(suite, out, _real(args.model), args.manifest, settings), out, machine)
     return 0
