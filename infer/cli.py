@@ -224,7 +224,7 @@ def _format_result(result, spec) -> str:
 
 def extract_command(args: argparse.Namespace) -> int:
     """``r21d extract``: exit 0 when every video was embedded, 1 when some failed."""
-    from r21d.infer.records import RecordFile, save_features
+    from r21d.infer.records import RecordFile, extract_record, save_features
 
     directory = Path(args.output)
     if directory.exists() and not directory.is_dir():
@@ -240,19 +240,7 @@ def extract_command(args: argparse.Namespace) -> int:
             name = None
             if result.ok:
                 name = save_features(directory, result.path, result.clip_features)
-            record = {
-                "path": result.path,
-                "file": name,
-                "clips": result.clips,
-                "dim": None if not result.ok else int(result.clip_features.shape[1]),
-                "status": result.status,
-                "error": result.error,
-                "frames_decoded": result.frames_decoded,
-                "duration": result.duration,
-                "short": result.short,
-                "model": model,
-            }
-            out.write(record)
+            out.write(extract_record(result, name, model))
 
         failed = _run(paths, backend, options, runtime, out.done, str(index), handle)
     return 1 if failed else 0

@@ -82,6 +82,23 @@ def score_record(result, spec: ModelSpec, top_k: int, model: str) -> dict:
     }
 
 
+def extract_record(result, file_name: str | None, model: str) -> dict:
+    """The ``index.jsonl`` record of one extracted video (``file_name``: its ``.npz`` in the
+    output folder, ``None`` on error)."""
+    return {
+        "path": result.path,
+        "file": file_name,
+        "clips": result.clips,
+        "dim": None if not result.ok else int(result.clip_features.shape[1]),
+        "status": result.status,
+        "error": result.error,
+        "frames_decoded": result.frames_decoded,
+        "duration": result.duration,
+        "short": result.short,
+        "model": model,
+    }
+
+
 def csv_columns(top_k: int) -> list[str]:
     """CSV header of score records with ``top_k`` label/probability pairs."""
     ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("label", "prob")]
