@@ -23,7 +23,9 @@ def _convert(args: argparse.Namespace) -> int:
     from r21d.checkpoint import save_checkpoint
     from r21d.importers import convert
 
-    model, spec = convert(args.src, args.source_format, args.arch, args.clip_len, args.labels)
+    model, spec = convert(
+        args.src, args.source_format, args.arch, args.clip_len, args.labels, args.label_map
+    )
     out = save_checkpoint(model, spec, args.output)
     print(
         f"imported {args.src} ({args.source_format}) as {spec.name}, {spec.num_classes} classes, "
@@ -33,18 +35,22 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def describe_checkpoint(path: Path) -> dict:
-    """Spec, parameter count and GFLOP per clip of a checkpoint (what ``r21d info`` prints)."""
+    """Family, spec, test protocol (views per video), parameter count and GFLOP per view (one
+    clip at the crop size) of a checkpoint: what ``r21d info`` prints."""
     from r21d.checkpoint import load_checkpoint
     from r21d.flops import count_flops, count_parameters
+    from r21d.models import family
 
     model, spec = load_checkpoint(path)
     shape = (1, 3, spec.clip_len, spec.crop_size, spec.crop_size)
     return {
         "file": str(path),
         "kind": "checkpoint",
+        "family": family(spec),
+        "views": f"{spec.views} ({spec.num_clips} clips x {spec.num_crops} crops)",
         "spec": json.loads(spec.to_json()),
         "parameters": count_parameters(model),
-        "gflop_per_clip": round(count_flops(model, shape) / 1e9, 3),
+        "gflop_per_view": round(count_flops(model, shape) / 1e9, 3),
         "flop_input": list(shape),
     }
 
@@ -100,9 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="import foreign weights into an r21d checkpoint")
     p.add_argument("src", help="weight file (.pkl Caffe2 blobs, .pth state dict, .ckpt I3D)")
     p.add_argument("--from", dest="source_format", required=True, choices=FORMATS)
-    p.add_argument("--arch", choices=model_names(), help="default: the format's usual model")
+    p.add_argument(
+        "--arch",
+        choices=model_names(),
+        help="default: the format's usual model (VideoMAE V2: the size the shapes show)",
+    )
     p.add_argument("--clip-len", type=int, help="clip length the weights were trained for")
     p.add_argument("--labels", help="'kinetics400' or a text file with one class name per line")
+    p.add_argument(
+        "--label-map",
+        help="VideoMAE V2: JSON list of head rows to keep (label_710to400.json: K710 -> K400)",
+    )
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
     p.set_defaults(func=_convert)
 

