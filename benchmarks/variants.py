@@ -42,6 +42,8 @@ def default_variants(device: str) -> list[Variant]:
         variant_of("torch", "bf16", True),
         variant_of("torch", "fp16", True),
         variant_of("onnxruntime", "fp32"),
+        variant_of("openvino", "fp32"),
+        variant_of("openvino", "bf16"),
     ]
     if device.startswith("cuda"):
         candidates += [variant_of("onnxruntime", "fp16"), variant_of("tensorrt", "fp16")]
@@ -60,6 +62,11 @@ def variant_available(variant: Variant, device: str) -> tuple[bool, str]:
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 return False, "onnxruntime has no CUDAExecutionProvider here"
+    if variant.backend == "openvino":
+        if device != "cpu":
+            return False, "the openvino backend runs on the CPU"
+        if importlib.util.find_spec("openvino") is None:
+            return False, "openvino is not installed (pip install r21d[openvino])"
     if variant.backend == "tensorrt":
         if not device.startswith("cuda"):
             return False, "TensorRT needs a CUDA device"
@@ -72,12 +79,15 @@ def open_variant(model: BenchModel, variant: Variant, device: str):
     """An inference backend for ``model`` as ``variant`` describes; ``.run(uint8 frames
     (N, T, H, W, 3)) -> (probs, features)``.
 
-    onnxruntime and TensorRT need an exported graph: it is built on first use into an
+    onnxruntime, OpenVINO and TensorRT need an exported graph: it is built on first use into an
     ``exports`` folder beside the checkpoint and reused while newer than the checkpoint.
+    OpenVINO reads the fp32 graph and computes in the variant's precision.
     """
     path = model.checkpoint
     if variant.backend in ("onnxruntime", "tensorrt"):
         path = exported_onnx(model, variant.precision)
+    if variant.backend == "openvino":
+        path = exported_onnx(model, "fp32")
     if variant.backend == "tensorrt":
         path = built_engine(path, variant.precision)
     return variant.replace(device=device).open(path)
