@@ -18,7 +18,13 @@ from tqdm import tqdm
 
 from r21d.benchmarks.models import BenchModel
 from r21d.benchmarks.report import Report, bar_plot, markdown_table
-from r21d.benchmarks.variants import REFERENCE, Variant, open_variant, variant_of
+from r21d.benchmarks.variants import (
+    REFERENCE,
+    Variant,
+    open_variant,
+    variant_available,
+    variant_of,
+)
 from r21d.errors import BadOptionError
 
 
@@ -40,7 +46,8 @@ class ParitySettings:
 
 def default_parity_variants(device: str) -> list[Variant]:
     """Everything worth comparing: torch bf16 and channels_last, ORT fp32 and fp16 graphs
-    (fp16 is tried on the CPU too and reported if it does not run), torch fp16 on a GPU."""
+    (fp16 is tried on the CPU too and reported if it does not run), OpenVINO fp32 and bf16 on
+    a CPU where it is installed, torch fp16 on a GPU."""
     variants = [
         variant_of("torch", "bf16"),
         variant_of("torch", "fp32", True),
@@ -48,6 +55,8 @@ def default_parity_variants(device: str) -> list[Variant]:
         variant_of("onnxruntime", "fp32"),
         variant_of("onnxruntime", "fp16"),
     ]
+    openvino = [variant_of("openvino", "fp32"), variant_of("openvino", "bf16")]
+    variants += [v for v in openvino if variant_available(v, device)[0]]
     if device.startswith("cuda"):
         variants += [variant_of("torch", "fp16", True), variant_of("tensorrt", "fp16")]
     return variants
