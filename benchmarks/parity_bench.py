@@ -34,10 +34,12 @@ class ParitySettings:
     num_clips: int = 10
     batch_size: int = 4
     variants: list[Variant] = field(default_factory=list)
+    reference_device: str | None = None  # where torch fp32 runs (default: ``device``)
 
     def as_dict(self) -> dict:
         return {
             "device": self.device,
+            "reference": f"torch:fp32 on {self.reference_device or self.device}",
             "num_clips": self.num_clips,
             "batch_size": self.batch_size,
             "variants": ", ".join(v.label for v in self.variants),
@@ -78,7 +80,7 @@ def run_parity_bench(model: BenchModel, videos: list[Path], settings: ParitySett
     """Compare every variant to torch fp32 on the same decoded clips; see the module docstring."""
     from r21d.infer.decode import VideoError, decode_for_spec
 
-    reference = open_variant(model, REFERENCE, settings.device)
+    reference = open_variant(model, REFERENCE, settings.reference_device or settings.device)
     clips: dict[str, np.ndarray] = {}
     unusable = []
     for video in videos:
@@ -176,7 +178,8 @@ def _report(model, rows, skipped, unusable, settings) -> Report:
                 ("top5_overlap", "min top-5 overlap"),
             ],
         )
-        + "\n\nReference: torch fp32 eager on the same decoded clips.",
+        + f"\n\nReference: torch fp32 eager on {settings.reference_device or settings.device}, "
+        "on the same decoded clips.",
     )
     report.add_section(
         "Per video",
