@@ -12,6 +12,7 @@ checking that the benchmarks work, not for numbers.
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Callable
@@ -366,8 +367,43 @@ def run_all(
         paths = publish(report, out, machine)
         link = f"[{paths['markdown'].name}]({paths['markdown'].name})"
         lines.append({"benchmark": name, "result": headline(report), "report": link})
+    earlier = [saved_line(out, n) for n in BENCHMARKS if n not in only]
+    lines += [line for line in earlier if line]
+    lines.sort(key=lambda line: BENCHMARKS.index(line["benchmark"]))
     _write_index(out, lines, device, quick)
     return 1 if failed else 0
+
+
+def saved_line(out: Path, name: str) -> dict | None:
+    """The index line of a report an earlier run left in ``out`` (kept when ``--only`` runs
+    other benchmarks), or None where there is none."""
+    path = out / f"{name}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    report = Report(name, "", data.get("settings", {}), summary=data.get("summary", {}))
+    try:
+        result = headline(report)
+    except (KeyError, TypeError, ValueError):
+        result = "see the report"
+    taken = data.get("machine", {}).get("timestamp", "an earlier run")
+    return {
+        "benchmark": name,
+        "result": f"{result} (from {taken})",
+        "report": f"[{name}.md]({name}.md)",
+    }
+
+
+def gpu_results_line(out: Path) -> str:
+    """Where GPU results are, or that there are none yet: a plain statement for the index."""
+    found = sorted(p.parent.relative_to(out) for p in out.glob("gpu-*/**/index.md"))
+    if not found:
+        return (
+            "**No GPU figure exists yet**: no GPU machine has run `benchmarks/gpu_check.sh` "
+            "(the check that fits in minutes) or `benchmarks/gpu_run.sh` (the whole suite) for "
+            "these results; every number here is from the CPU.\n"
+        )
+    return "GPU results: " + ", ".join(f"[{p}]({p}/index.md)" for p in found) + ".\n"
 
 
 def _write_index(out: Path, lines: list[dict], device: str, quick: bool) -> Path:
@@ -378,6 +414,7 @@ def _write_index(out: Path, lines: list[dict], device: str, quick: bool) -> Path
             f"Device: {device}; mode: {mode}. Regenerate with "
             f"`r21d bench all{' --device ' + device if device != 'cpu' else ''}"
             f"{' --quick' if quick else ''}` (see benchmarks/README.md).\n",
+            *([gpu_results_line(out)] if device == "cpu" and not quick else []),
             markdown_table(
                 lines, [("benchmark", "benchmark"), ("result", "headline"), ("report", "report")]
             ),
