@@ -12,7 +12,9 @@ and probabilities, clips, frames decoded, duration, short-video flag, status, ti
 PATHs are folders (searched recursively for video files), video files, or ``@list.txt`` list
 files (also ``--list FILE``) with one path per line (blank lines and ``#`` comments skipped;
 relative paths are taken from the current directory). Both commands resume by default: paths
-already in the output are skipped; ``--overwrite`` starts over.
+already in the output are skipped; ``--overwrite`` starts over. ``--ray [ADDRESS]`` computes
+the same results on a Ray cluster (:mod:`r21d.infer.ray_engine`); the records are written here,
+by the same writers, with the same resume rule.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ PRINT_LIMIT = 10
 
 
 def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    from r21d.infer.ray_engine import add_ray_arguments  # imports ray only when --ray runs
     from r21d.infer.runtime import add_runtime_arguments
     from r21d.spec import CROP_COUNTS, RESIZE_MODES
 
@@ -65,6 +68,7 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
         help="score the whole resized frame fully-convolutionally, not a crop",
     )
     add_runtime_arguments(p)
+    add_ray_arguments(p)
     p.add_argument(
         "--overwrite", action="store_true", help="start the output over instead of resuming it"
     )
@@ -83,9 +87,10 @@ def register(subparsers) -> None:
         "-o",
         "--output",
         default="results.jsonl",
-        help="results file (default results.jsonl; .csv suffix writes CSV)",
+        help="results file (default results.jsonl; a .csv suffix writes CSV, .parquet a folder "
+        "of Parquet parts)",
     )
-    p.add_argument("--format", choices=("jsonl", "csv"), help="default: from the suffix")
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="default: from the suffix")
     p.add_argument("--top-k", type=int, default=5, help="labels per video (default 5)")
     p.add_argument(
         "--print",
@@ -109,6 +114,7 @@ def register(subparsers) -> None:
 def _open(args: argparse.Namespace):
     """Videos, backend, protocol and runtime options from the parsed arguments."""
     from r21d.infer.engine import ScoreOptions
+    from r21d.infer.ray_engine import RayEngine, ray_options_from_args
     from r21d.infer.runtime import runtime_from_args
     from r21d.infer.sources import find_videos
 
@@ -122,6 +128,9 @@ def _open(args: argparse.Namespace):
         resize_mode=args.resize,
     )
     runtime = runtime_from_args(args)
+    ray_options = ray_options_from_args(args)
+    if ray_options is not None:  # the model is opened by the cluster's actors, not here
+        return paths, RayEngine(args.model, runtime, ray_options), options, runtime
     return paths, runtime.open(args.model), options, runtime
 
 
@@ -171,6 +180,7 @@ class _Progress:
 def _run(paths, backend, options, runtime, done: set[str], output: str, handle) -> int:
     """Score the paths not in ``done``, passing each result to ``handle``; return failures."""
     from r21d.infer.engine import score_videos
+    from r21d.infer.ray_engine import RayEngine
 
     todo = [p for p in paths if p not in done]
     print(
@@ -180,7 +190,11 @@ def _run(paths, backend, options, runtime, done: set[str], output: str, handle) 
     )
     progress = _Progress(len(todo), len(paths) - len(todo), output)
     try:
-        for result in score_videos(todo, backend, options, runtime):
+        if isinstance(backend, RayEngine):  # --ray: the same results, from a Ray cluster
+            results = backend.score_videos(todo, options)
+        else:
+            results = score_videos(todo, backend, options, runtime)
+        for result in results:
             handle(result, progress)
             progress.update(result)
     except KeyboardInterrupt:
@@ -192,7 +206,7 @@ def _run(paths, backend, options, runtime, done: set[str], output: str, handle) 
 
 def score_command(args: argparse.Namespace) -> int:
     """``r21d score``: exit 0 when every video scored, 1 when some failed."""
-    from r21d.infer.records import RecordFile, csv_columns, output_format, score_record
+    from r21d.infer.records import csv_columns, open_record_file, output_format, score_record
 
     if args.top_k < 1:
         raise BadOptionError(f"--top-k must be >= 1, got {args.top_k}")
@@ -202,7 +216,7 @@ def score_command(args: argparse.Namespace) -> int:
     columns = csv_columns(args.top_k) if fmt == "csv" else None
     show = args.print_results or len(paths) <= PRINT_LIMIT
 
-    with RecordFile(args.output, fmt, columns=columns, overwrite=args.overwrite) as out:
+    with open_record_file(args.output, fmt, columns=columns, overwrite=args.overwrite) as out:
         _check_same_model(out.records, model, args.output)
 
         def handle(result, progress) -> None:

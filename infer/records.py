@@ -6,8 +6,10 @@ most the videos in flight. Opening an existing file resumes it: the paths it rec
 ``error``) are skipped, and a half-written last line left by a kill is cut off before anything
 is appended, so no record is ever duplicated or corrupted. ``overwrite=True`` starts over.
 
-Formats: JSON Lines (one object per line) or CSV (a header row, then one row per video; the
-columns depend on ``top_k``, and resuming with other columns is refused).
+Formats: JSON Lines (one object per line), CSV (a header row, then one row per video; the
+columns depend on ``top_k``, and resuming with other columns is refused) or Parquet for runs
+too big for either (``-o out.parquet``: a folder of part files, :class:`ParquetRecordFile`;
+pyarrow, which ``r21d[ray]`` installs, is imported only for it).
 
 Score record (JSONL)::
 
@@ -32,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from r21d.errors import BadOptionError, OutputInUseError
+from r21d.errors import BadOptionError, OutputInUseError, missing_package
 from r21d.spec import ModelSpec
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "parquet")
 SCORE_FIELDS = (
     "clips",
     "frames_decoded",
@@ -54,12 +56,12 @@ except ImportError:  # pragma: no cover (Windows)
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:
-    """``fmt`` if given, else ``csv`` for a ``.csv`` suffix and ``jsonl`` otherwise."""
+    """``fmt`` if given, else ``csv`` or ``parquet`` from the suffix and ``jsonl`` otherwise."""
     if fmt is not None:
         if fmt not in FORMATS:
             raise BadOptionError(f"format must be one of {FORMATS}, got {fmt!r}")
         return fmt
-    return "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
+    return {".csv": "csv", ".parquet": "parquet"}.get(Path(path).suffix.lower(), "jsonl")
 
 
 def score_record(result, spec: ModelSpec, top_k: int, model: str) -> dict:
@@ -128,8 +130,8 @@ class RecordFile:
         columns: list[str] | None = None,
         overwrite: bool = False,
     ):
-        if fmt not in FORMATS:
-            raise BadOptionError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if fmt not in ("jsonl", "csv"):
+            raise BadOptionError(f"a RecordFile is jsonl or csv, got {fmt!r} (open_record_file)")
         if fmt == "csv" and not columns:
             raise BadOptionError("a CSV record file needs its columns")
         self.path = Path(path)
@@ -157,6 +159,12 @@ class RecordFile:
 
     def close(self) -> None:
         self._file.close()
+
+    def clear(self) -> None:
+        """Empty a JSON Lines file whose records are kept elsewhere now, durably."""
+        self._file.truncate(0)
+        os.fsync(self._file.fileno())
+        self.records, self.done = [], set()
 
     def write(self, record: dict) -> None:
         """Append ``record`` (needs a ``path``) and force it to disk."""
@@ -228,6 +236,132 @@ class RecordFile:
                 f"{self.columns} (another --top-k?); use another output file or --overwrite"
             )
         return list(reader)
+
+
+def parquet_schema():
+    """The Arrow schema of score records (``top_k`` a list of index/label/prob structs)."""
+    import pyarrow as pa
+
+    top_k = pa.struct([("index", pa.int64()), ("label", pa.string()), ("prob", pa.float64())])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("status", pa.string()),
+            ("top_k", pa.list_(top_k)),
+            ("clips", pa.int64()),
+            ("frames_decoded", pa.int64()),
+            ("duration", pa.float64()),
+            ("short", pa.bool_()),
+            ("decode_s", pa.float64()),
+            ("model_s", pa.float64()),
+            ("model", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def records_table(records: list[dict]):
+    """Score records as a pyarrow Table of :func:`parquet_schema`."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(records, schema=parquet_schema())
+
+
+class ParquetRecordFile:
+    """Score records in a folder of Parquet part files, resumed when it exists.
+
+    Each record is first appended durably to ``_journal.jsonl`` in the folder (a
+    :class:`RecordFile`, so a kill loses at most the videos in flight); every ``part_rows``
+    records, and on close, the journal becomes the next ``part-NNNNNN.parquet`` (written under
+    a temporary name, forced to disk, renamed) and is emptied. Opening the folder commits a
+    journal a kill left behind, without the records a committed part already holds (a kill
+    between the rename and the emptying), so every video is in exactly one part.
+    ``pyarrow.parquet.read_table(folder)`` (or pandas, Ray Data, Spark) reads the parts and
+    skips the ``_``-prefixed journal. ``records`` holds each recorded video's ``path`` and
+    ``model`` (what resuming needs), ``done`` the paths.
+    """
+
+    JOURNAL = "_journal.jsonl"
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, part_rows: int = 1000):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise missing_package("pyarrow", "pyarrow", "ray") from None
+        self._pq = pq
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise BadOptionError(f"{self.path} exists and is not a folder of Parquet parts")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.part_rows = part_rows
+        self._journal = RecordFile(self.path / self.JOURNAL, overwrite=overwrite)  # holds the lock
+        for stale in self.path.glob("_part-*.tmp"):  # a kill while writing a part
+            stale.unlink()
+        if overwrite:
+            for part in self._parts():
+                part.unlink()
+        self.records = []
+        for part in self._parts():
+            self.records += pq.read_table(part, columns=["path", "model"]).to_pylist()
+        in_parts = {r["path"] for r in self.records}
+        self._pending = [r for r in self._journal.records if r["path"] not in in_parts]
+        self._commit()  # a journal left by a kill becomes a part
+        self._journal.clear()
+        self.done = {r["path"] for r in self.records}
+
+    def __enter__(self) -> ParquetRecordFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Commit the journal as a last part and release the folder."""
+        try:
+            self._commit()
+        finally:
+            self._journal.close()
+
+    def write(self, record: dict) -> None:
+        """Record one video durably; commit a part once ``part_rows`` wait in the journal."""
+        self._journal.write(record)
+        self._pending.append(record)
+        self.done.add(record["path"])
+        if len(self._pending) >= self.part_rows:
+            self._commit()
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
+    def _commit(self) -> None:
+        if not self._pending:
+            return
+        parts = self._parts()
+        number = int(parts[-1].name[5:11]) + 1 if parts else 0
+        name = f"part-{number:06d}.parquet"
+        tmp = self.path / f"_{name}.tmp"
+        self._pq.write_table(records_table(self._pending), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(self.path / name)
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+        self.records += [{"path": r["path"], "model": r.get("model")} for r in self._pending]
+        self._pending = []
+        self._journal.clear()
+
+
+def open_record_file(
+    path: str | Path, fmt: str, *, columns: list[str] | None = None, overwrite: bool = False
+) -> RecordFile | ParquetRecordFile:
+    """The record writer for ``fmt``: a :class:`RecordFile` (jsonl, csv) or a
+    :class:`ParquetRecordFile` (parquet, a folder)."""
+    if fmt == "parquet":
+        return ParquetRecordFile(path, overwrite=overwrite)
+    return RecordFile(path, fmt, columns=columns, overwrite=overwrite)
 
 
 def feature_file_name(video_path: str) -> str:
