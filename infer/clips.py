@@ -47,6 +47,31 @@ def clip_starts(
     return [i * room // (num_clips - 1) for i in range(num_clips)]
 
 
+def stride_frames(stride_s: float | None, fps: float, clip_len: int, frame_step: int = 1) -> int:
+    """Frames between the starts of consecutive sliding windows: ``stride_s`` seconds at
+    ``fps`` rounded to whole frames (at least one), or half a window span for ``None``."""
+    span = clip_span(clip_len, frame_step)
+    if stride_s is None:
+        return max(1, span // 2)
+    if not stride_s > 0:
+        raise BadOptionError(f"the window stride must be > 0 seconds, got {stride_s}")
+    if not fps > 0:
+        raise BadOptionError(f"a stride in seconds needs a frame rate, got {fps} fps")
+    return max(1, round(stride_s * fps))
+
+
+def window_starts(num_frames: int, clip_len: int, frame_step: int, stride: int) -> list[int]:
+    """First frame of every sliding window: ``0, stride, 2*stride, ...`` while a whole window
+    fits (the tail after the last one is not covered); one window at 0 when the video is
+    shorter than one span (its last frame repeated, see :func:`clip_frame_indices`)."""
+    span = clip_span(clip_len, frame_step)
+    if stride < 1:
+        raise BadOptionError(f"the window stride must be >= 1 frame, got {stride}")
+    if num_frames < 0:
+        raise BadOptionError(f"num_frames must be >= 0, got {num_frames}")
+    return list(range(0, max(1, num_frames - span + 1), stride))
+
+
 def clip_frame_indices(start: int, clip_len: int, frame_step: int, num_frames: int) -> list[int]:
     """Video frame indices of the clip starting at ``start``.
 

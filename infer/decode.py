@@ -34,6 +34,8 @@ from .clips import (
     crop_boxes,
     is_short,
     resized_shape,
+    stride_frames,
+    window_starts,
 )
 from .frame_reader import FrameReader
 from .video_info import (
@@ -91,12 +93,14 @@ def decode_clips(
     *,
     clip_len: int,
     frame_step: int = 1,
-    num_clips: int = 10,
+    num_clips: int | None = 10,
     resize_mode: str = "fixed",
     resize_size: tuple[int, ...] | int = (128, 171),
     crop_size: int | None = 112,
     crops: int = 1,
     allocate: Allocator = np.empty,
+    stride_s: float | None = None,
+    part: slice | None = None,
 ) -> DecodedClips:
     """``num_clips`` uniformly spaced clips of ``clip_len`` frames, resized and cropped.
 
@@ -105,28 +109,42 @@ def decode_clips(
     takes three crops along the long side (start, centre, end). ``allocate(shape, dtype)``
     makes the output array, so a caller can have the frames written straight into memory it
     shares with another process.
+
+    ``stride_s`` takes sliding windows instead, one every ``stride_s`` seconds from the first
+    frame (:func:`.clips.window_starts`; ``num_clips`` is then unused, may be None), and
+    ``part`` keeps only those windows (a slice of them), so a long video can be decoded in
+    parts of bounded size.
     """
     span = clip_span(clip_len, frame_step)
-    if num_clips < 1:
+    if stride_s is None and (num_clips or 0) < 1:
         raise BadOptionError(f"num_clips must be >= 1, got {num_clips}")
     resized_shape(1, 1, resize_mode, resize_size)  # reject a bad mode or size before decoding
     with open_video(path) as (container, stream):
         reader, info = _open_reader(path, container, stream, keep=span)
         height, width = resized_shape(info.height, info.width, resize_mode, resize_size)
         boxes = crop_boxes(height, width, crop_size, crops)
-        scaler = _Scaler(reader.rotation, height, width)
+        scaler = FrameScaler(reader.rotation, height, width)
         box_h, box_w = boxes[0][2], boxes[0][3]
-        clips = allocate((num_clips * len(boxes), clip_len, box_h, box_w, 3), np.uint8)
+
+        def place(num_frames: int) -> list[int]:
+            if stride_s is None:
+                return clip_starts(num_frames, clip_len, frame_step, num_clips)
+            stride = stride_frames(stride_s, info.fps, clip_len, frame_step)
+            return window_starts(num_frames, clip_len, frame_step, stride)[part or slice(None)]
 
         num_frames = info.num_frames
+        count = len(place(num_frames))  # a re-placement after an over-count never adds clips
+        clips = allocate((count * len(boxes), clip_len, box_h, box_w, 3), np.uint8)
         for attempt in range(2):  # a second pass only when the header over-counted
-            starts = clip_starts(num_frames, clip_len, frame_step, num_clips)
+            starts = place(num_frames)
             short = is_short(num_frames, clip_len, frame_step)
             for j, start in enumerate(starts):
                 frames = reader.read(start, span)
                 if len(frames) < span and reader.end is not None:  # the stream ended early
                     _check_not_truncated(path, reader.end, info)
-                    if attempt == 0 and j < num_clips - 1 and reader.end >= span:
+                    sliding = stride_s is not None  # windows past the end are dropped
+                    later = j < len(starts) - 1 and reader.end >= span
+                    if attempt == 0 and (sliding or later):
                         break  # later windows would start past the end: place them again
                     frames = _last_window(path, reader, span)
                     starts[j] = frames[0][0]
@@ -138,6 +156,7 @@ def decode_clips(
                 break
             num_frames = reader.end
             scaler.forget_before(None)
+        clips = clips[: len(starts) * len(boxes)]
 
         if reader.end is not None and reader.end != info.num_frames:
             info = replace(
@@ -153,14 +172,17 @@ def decode_for_spec(
     path: str | Path,
     spec: ModelSpec,
     *,
-    num_clips: int = 10,
+    num_clips: int | None = 10,
     crops: int = 1,
     full_frame: bool = False,
     allocate: Allocator = np.empty,
+    stride_s: float | None = None,
+    part: slice | None = None,
 ) -> DecodedClips:
     """:func:`decode_clips` with clip length, sampling, resizing and crop taken from ``spec``.
 
-    ``full_frame=True`` keeps the whole resized frame (fully-convolutional scoring).
+    ``full_frame=True`` keeps the whole resized frame (fully-convolutional scoring);
+    ``stride_s`` and ``part`` select sliding windows as in :func:`decode_clips`.
     """
     return decode_clips(
         path,
@@ -172,6 +194,8 @@ def decode_for_spec(
         crop_size=None if full_frame else spec.crop_size,
         crops=crops,
         allocate=allocate,
+        stride_s=stride_s,
+        part=part,
     )
 
 
@@ -194,7 +218,7 @@ def decode_window(
     with open_video(path) as (container, stream):
         reader, info = _open_reader(path, container, stream, keep=span)
         height, width = resized_shape(info.height, info.width, resize_mode, resize_size)
-        scaler = _Scaler(reader.rotation, height, width)
+        scaler = FrameScaler(reader.rotation, height, width)
         frames = reader.read(start, span)
         if len(frames) < span and reader.end is not None:
             _check_not_truncated(path, reader.end, info)
@@ -255,7 +279,7 @@ def _last_window(path: str | Path, reader: FrameReader, span: int) -> Window:
 
 
 def _cut_crops(
-    out: np.ndarray, frames: Window, frame_step: int, scaler: _Scaler, boxes: list[Box]
+    out: np.ndarray, frames: Window, frame_step: int, scaler: FrameScaler, boxes: list[Box]
 ) -> None:
     """Fill ``out`` (crops, clip_len, h, w, 3) from one window of frames.
 
@@ -269,7 +293,7 @@ def _cut_crops(
             out[c, k] = image[top : top + h, left : left + w]
 
 
-class _Scaler:
+class FrameScaler:
     """Decoded frame -> upright uint8 RGB array of the resized size, memoised by frame index.
 
     Scaling and the YUV -> RGB conversion happen in one libswscale pass (bilinear). It runs

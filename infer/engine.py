@@ -79,12 +79,18 @@ class ScoreOptions:
     spatial crops (``None``: the spec's ``num_clips`` / ``num_crops``); ``full_frame`` scores
     the whole resized frame fully-convolutionally instead of a ``crop_size`` crop;
     ``resize_mode`` overrides the spec's (``fixed`` or ``short_edge``).
+
+    ``stride_s`` scores sliding windows instead of uniform clips: one window every ``stride_s``
+    seconds over the whole video (``r21d timeline``), each view kept in ``clip_probs``;
+    ``part`` (a slice of those windows) scores only some, so a long video fits in memory.
     """
 
     num_clips: int | None = None
     crops: int | None = None
     full_frame: bool = False
     resize_mode: str | None = None
+    stride_s: float | None = None
+    part: slice | None = None
 
     def __post_init__(self) -> None:
         if self.num_clips is not None and self.num_clips < 1:
@@ -97,11 +103,18 @@ class ScoreOptions:
             raise BadOptionError(
                 f"resize_mode must be fixed or short_edge, got {self.resize_mode!r}"
             )
+        if self.stride_s is not None and not self.stride_s > 0:
+            raise BadOptionError(f"the window stride must be > 0 seconds, got {self.stride_s}")
+        if self.stride_s is not None and self.num_clips is not None:
+            raise BadOptionError("sliding windows (a stride) replace the uniform clips: no clips")
+        if self.part is not None and self.stride_s is None:
+            raise BadOptionError("a part of the windows needs sliding windows (a stride)")
 
     def for_spec(self, spec: ModelSpec) -> ScoreOptions:
         """These options with the spec's protocol filled in where they leave it open."""
         crops = 1 if self.full_frame else self.crops or spec.num_crops
-        return dataclasses.replace(self, num_clips=self.num_clips or spec.num_clips, crops=crops)
+        num_clips = None if self.stride_s is not None else self.num_clips or spec.num_clips
+        return dataclasses.replace(self, num_clips=num_clips, crops=crops)
 
 
 @dataclass
@@ -181,6 +194,8 @@ def decode_video(
             crops=options.crops,
             full_frame=options.full_frame,
             allocate=allocate,
+            stride_s=options.stride_s,
+            part=options.part,
         )
     except VideoError as e:
         result.status, result.error = "error", str(e)
@@ -514,7 +529,8 @@ def score_videos(
     source = pool if pool is not None else _decode_inline(tasks, spec, options)
     try:
         for item in source:
-            if item.clips is None:
+            if item.clips is None or not len(item.clips):  # failed, or no window in its part
+                item.release()
                 yield item.result
                 continue
             yield from batcher.add(item.result, item.clips, item.release)
