@@ -26,6 +26,7 @@ from r21d.infer.runtime import (
     default_workers,
     parse_device,
 )
+from r21d.train.optim import OPTIMIZERS
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -44,16 +45,27 @@ class TrainConfig:
     # model
     arch: str = _opt("r2plus1d_18", "architecture when training from scratch")
     width: float = _opt(1.0, "channel width multiplier (from scratch)")
-    clip_len: int = _opt(8, "frames per clip (8 or 32 in the paper)")
-    frame_step: int = _opt(1, "sampling rate: take every n-th frame")
-    resize_mode: str = _opt("fixed", "frame resizing", ("fixed", "short_edge"))
-    resize_size: list[int] = _opt((128, 171), "H W for fixed, the short side for short_edge")
-    crop_size: int = _opt(112, "random crop size")
+    clip_len: int | None = _opt(
+        None,
+        "frames per clip (8 or 32 in the paper; default: "
+        "init_from's, else the arch's: 8, or 16 for ViTs)",
+    )
+    frame_step: int | None = _opt(
+        None, "sampling rate: take every n-th frame (default: init_from's, else the arch's)"
+    )
+    resize_mode: str | None = _opt(
+        None,
+        "frame resizing (default: init_from's, else the arch's: fixed 128x171)",
+        ("fixed", "short_edge"),
+    )
+    resize_size: list[int] | None = _opt(None, "H W for fixed, the short side for short_edge")
+    crop_size: int | None = _opt(None, "random crop size (default: init_from's, else the arch's)")
     init_from: str | None = _opt(None, "r21d checkpoint to start from (new classifier)")
     inflate_from: str | None = _opt(
         None, "2D ResNet state dict (.pth, torchvision layout) inflated into an r3d model"
     )
     finetune: str = _opt("full", "what trains", ("full", "fc_only", "linear_probe"))
+    drop_path: float = _opt(0.0, "ViTs: stochastic depth, rising to this rate in the last block")
     # augmentation and targets
     flip: bool = _opt(False, "random horizontal flips (not for direction-sensitive classes)")
     multi_label: str = _opt("sample", "multi-label videos", ("sample", "sigmoid"))
@@ -62,6 +74,8 @@ class TrainConfig:
     batch_size: int = _opt(8, "clips per process per step (and per validation model call)")
     max_steps: int = _opt(1000, "optimiser steps")
     base_lr: float = _opt(0.1, "learning rate per 256 clips of global batch (linear scaling)")
+    optimizer: str = _opt("sgd", "sgd (the paper's) or adamw (ViT fine-tuning)", OPTIMIZERS)
+    layer_decay: float = _opt(1.0, "adamw on ViTs: layer-wise learning-rate decay (e.g. 0.75)")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(1e-4, "SGD weight decay")
     nesterov: bool = _opt(False, "Nesterov momentum")
@@ -100,18 +114,19 @@ class TrainConfig:
             raise BadOptionError("train_manifest is required")
         parse_device(self.device)
         for name in ("batch_size", "max_steps", "clip_len", "frame_step", "checkpoint_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            if choices and getattr(self, f.name) not in (*choices, None):
                 raise BadOptionError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["resize_size"] = list(self.resize_size)
+        if self.resize_size is not None:
+            data["resize_size"] = list(self.resize_size)
         return data
 
     def save(self, path: str | Path) -> Path:
@@ -198,7 +213,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         values.update(read_config_file(config_file))
     values.update(flags)
     config = TrainConfig(**values)
-    config.resize_size = [int(s) for s in config.resize_size]
+    if config.resize_size is not None:
+        config.resize_size = [int(s) for s in config.resize_size]
     config.validate()
     return config
 

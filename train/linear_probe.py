@@ -22,6 +22,7 @@ from r21d.infer.runtime import RuntimeOptions
 from r21d.spec import ModelSpec
 from r21d.train.data import VideoRecord
 from r21d.train.evaluate import score_records
+from r21d.train.model_setup import classifier
 
 
 def extract_features(
@@ -116,6 +117,6 @@ def linear_probe(
     y = torch.tensor([label for _, label in rows])
     weight, bias = fit_logistic_regression(x, y, spec.num_classes, l2=l2, steps=steps)
     with torch.no_grad():
-        model.fc.weight.copy_(weight)
-        model.fc.bias.copy_(bias)
+        classifier(model).weight.copy_(weight)
+        classifier(model).bias.copy_(bias)
     return model

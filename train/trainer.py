@@ -42,8 +42,10 @@ from r21d.train.data import VideoSet, load_label_map, load_video_set, save_label
 from r21d.train.dataset import TrainClips
 from r21d.train.evaluate import evaluate_videos
 from r21d.train.linear_probe import linear_probe
+from r21d.train.memory import check_fits
 from r21d.train.metrics import MetricsLog
 from r21d.train.model_setup import build_training_model, set_train_mode, training_spec
+from r21d.train.optim import build_optimizer
 from r21d.train.precise_bn import recompute_bn_statistics
 from r21d.train.run_state import (
     checkpoint_paths,
@@ -91,7 +93,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
     )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_training_model(
-        spec, init_from=cfg.init_from, inflate_from=cfg.inflate_from, finetune=cfg.finetune
+        spec,
+        init_from=cfg.init_from,
+        inflate_from=cfg.inflate_from,
+        finetune=cfg.finetune,
+        drop_path=cfg.drop_path,
     )
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +112,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
     model.to(ctx.device)
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
+    autocast = _autocast(cfg.precision, ctx.device)
+    _check_memory(cfg, ctx, model, spec, memory_format, autocast)  # before DDP's hooks
     if cfg.sync_bn:
         if ctx.device.type != "cuda":
             raise BadOptionError("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
@@ -115,12 +123,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
 
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=0.0,
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
+        layer_decay=cfg.layer_decay,
     )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     start_step, draws = 0, 0
@@ -135,7 +144,6 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
 
     loader = _loader(cfg, ctx, spec, train_set, start=draws)
     peak = peak_lr(cfg.base_lr, cfg.batch_size * ctx.world_size)
-    autocast = _autocast(cfg.precision, ctx.device)
     end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     bar = tqdm(
         total=cfg.max_steps,
@@ -161,7 +169,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
             halvings=cfg.halvings,
         )
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         set_train_mode(model, cfg.finetune)
         with autocast:
             logits = net(clips)
@@ -208,6 +216,24 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         log.info("wrote %s", final)
     distributed.barrier(ctx)
     return final if end_step == cfg.max_steps else checkpoint_paths(run_dir, end_step)[0]
+
+
+def _check_memory(cfg, ctx, model, spec, memory_format, autocast) -> None:
+    """Refuse a batch size that cannot fit before the first step (see r21d.train.memory)."""
+    shape = (1, 3, spec.clip_len, spec.crop_size, spec.crop_size)
+    clip = torch.zeros(shape, device=ctx.device).to(memory_format=memory_format)
+    try:
+        figures = check_fits(model, clip, cfg.batch_size, cfg.optimizer, autocast)
+    except OSError as e:  # no /proc to measure with: train without the check
+        log.warning("memory check skipped: %s", e)
+        return
+    if ctx.is_main:
+        log.info(
+            "memory: %.2f GiB per clip, %.1f GiB needed of %.1f GiB available",
+            figures["bytes_per_clip"] / 2**30,
+            figures["needed_bytes"] / 2**30,
+            figures["available_bytes"] / 2**30,
+        )
 
 
 def _precise_bn(cfg, ctx, model, batches, memory_format, autocast) -> None:

@@ -92,17 +92,22 @@ def model_names() -> list[str]:
 
 def create_spec(name: str, num_classes: int, clip_len: int | None = None, **fields) -> ModelSpec:
     """A spec for registry name ``name`` with the arch's default preprocessing and test
-    protocol (``clip_len`` ``None``: the family's default, 16 frames for VideoMAE V2)."""
+    protocol (``clip_len`` ``None``: the family's default: 16 frames for VideoMAE V2, 64 for
+    I3D, the paper's 8 for R(2+1)D and R3D)."""
     arch, depth = parse_name(name)
+    default_clip_len = 8
     if arch == "i3d":
         fields = {**I3D_DEFAULTS, **fields}
+        default_clip_len = I3D_CLIP_LEN
     if arch in VIT_PATCH:
         fields = {**VIDEOMAE2_DEFAULTS, **fields}
-        clip_len = clip_len or VIDEOMAE2_CLIP_LEN
+        default_clip_len = VIDEOMAE2_CLIP_LEN
+    clip_len = clip_len or default_clip_len
     return ModelSpec(arch=arch, depth=depth, num_classes=num_classes, clip_len=clip_len, **fields)
 
 
-# DeepMind's I3D preprocessing: short side 256, 224 crop, RGB scaled to [-1, 1].
+# DeepMind's I3D preprocessing: short side 256, 224 crop, RGB scaled to [-1, 1]; 64-frame clips.
+I3D_CLIP_LEN = 64
 I3D_DEFAULTS = dict(
     resize_mode="short_edge",
     resize_size=(256,),

@@ -174,12 +174,20 @@ class VideoMAE2(nn.Module):
         self.patch_embed = TubeletEmbedding(size.width, patch)
         # Fixed, not learnt: rebuilt from the token grid, never stored in a checkpoint.
         self.register_buffer("pos_embed", sinusoid_table(tokens, size.width), persistent=False)
-        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(size, eps, init_values, rate) for rate in rates)
+        self.blocks = nn.ModuleList(Block(size, eps, init_values) for _ in range(depth))
+        self.set_drop_path(drop_path_rate)
         self.fc_norm = nn.LayerNorm(size.width, eps=eps)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(size.width, num_classes)
         self.pool = nn.Identity()
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 in the first block to ``rate`` in the last."""
+        if not 0 <= rate < 1:
+            raise BadOptionError(f"drop path rate must be in [0, 1), got {rate}")
+        depth = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            block.drop_path_rate = rate * i / max(1, depth - 1)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Token features after the last block, ``(N, tokens, D)``."""
