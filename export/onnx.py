@@ -1,11 +1,12 @@
 """Checkpoint -> one self-contained, validated, fully-convolutional ONNX file.
 
 :func:`export_onnx` exports :class:`~r21d.models.heads.FullyConvolutional` with
-``torch.onnx.export(..., dynamo=True)`` (batch, time, height and width dynamic; BatchNorm folded
-into the convs by the exporter's optimiser), then checks the file the way Hugging Face Optimum
-does: onnxruntime and the torch model run the same random inputs at several shapes, and a
-parity table (max abs difference of the probabilities, top-1 agreement) is printed, stored in
-the file and enforced. A file that fails is deleted, never left behind.
+``torch.onnx.export(..., dynamo=True)`` (batch, time, height and width dynamic, the batch only
+for ``fixed_input`` ViTs; BatchNorm folded into the convs by the exporter's optimiser), then
+checks the file the way Hugging Face Optimum does: onnxruntime and the torch model run the same
+random inputs at several shapes, and a parity table (max abs difference of the probabilities,
+top-1 agreement) is printed, stored in the file and enforced. A file that fails is deleted,
+never left behind.
 
 Metadata written to ``metadata_props``: ``r21d.spec`` (the spec, head ``fully_conv``),
 ``r21d.input`` (``uint8`` or ``float``), ``r21d.precision`` (``fp32`` or ``fp16``),
@@ -68,7 +69,10 @@ def default_parity_shapes(spec: ModelSpec) -> list[tuple[int, int, int, int]]:
     twice the frames, and four times the frames at the crop size.
 
     For an 8-frame R(2+1)D: (1, 8, 112, 112), (3, 16, 128, 171), (2, 32, 112, 112).
+    A ``fixed_input`` model (a ViT) takes one clip shape: batches of 1 and 3 of it.
     """
+    if spec.fixed_input:
+        return [(n, spec.clip_len, spec.crop_size, spec.crop_size) for n in (1, 3)]
     crop = max(spec.crop_size, min_spatial_size(spec))
     frame_h, frame_w = (max(s, crop) for s in spec.typical_frame())
     clip = spec.clip_len
@@ -165,9 +169,14 @@ def _torch_export(
     lower bounds keep it there. The ONNX graph itself has no such bound (its ops are
     shape-generic, as the parity check at 1 position proves); the real minimums are enforced
     by :func:`~r21d.models.heads.check_input_shape` from the spec.
+
+    A ``fixed_input`` model (a ViT, whose position table fixes the token grid) gets a dynamic
+    batch only: time, height and width stay at the spec's clip shape.
     """
     size = min_spatial_size(spec)
     t, h, w = 2 * spec.clip_len, size + 16, size + 32
+    if spec.fixed_input:
+        t, h, w = spec.clip_len, spec.crop_size, spec.crop_size
     if input_format == "uint8":
         example = torch.randint(0, 256, (2, t, h, w, 3), dtype=torch.uint8)
         t_axis, h_axis, w_axis = 1, 2, 3
@@ -183,6 +192,8 @@ def _torch_export(
             w_axis: dim("width", min=size + 1),
         }
     }
+    if spec.fixed_input:
+        dynamic = {"x": {0: dim("batch", min=2)}}
     outputs = ["probs", "features"] + (["logits_map"] if logits_map else [])
     # The exporter logs that torchvision's ops are unavailable and torch warns about its own
     # internal deprecations: noise for an r21d user, silenced for this call only.

@@ -40,7 +40,11 @@ Shape = tuple[int, int, int, int]
 
 def default_profile(spec: ModelSpec) -> tuple[Shape, Shape, Shape]:
     """(min, opt, max) shapes: batch 1/8/32, time clip_len/clip_len/4*clip_len, frames from
-    the crop size up to the resized frame (16:9 at most for short-edge resizing)."""
+    the crop size up to the resized frame (16:9 at most for short-edge resizing). A
+    ``fixed_input`` model (a ViT) varies the batch only."""
+    if spec.fixed_input:
+        clip = (spec.clip_len, spec.crop_size, spec.crop_size)
+        return (1, *clip), (8, *clip), (32, *clip)
     crop = max(spec.crop_size, min_spatial_size(spec))
     opt_hw = max_hw = tuple(max(s, crop) for s in spec.typical_frame())
     if spec.resize_mode == "short_edge":
