@@ -12,6 +12,7 @@ checking that the benchmarks work, not for numbers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import traceback
@@ -27,6 +28,8 @@ from r21d.benchmarks import (
     model_bench,
     parity_bench,
     pipeline_bench,
+    ray_bench,
+    stream_bench,
 )
 from r21d.benchmarks.accuracy_bench import AccuracySettings, write_manifest
 from r21d.benchmarks.baseline_bench import BaselineSettings
@@ -43,7 +46,9 @@ from r21d.benchmarks.models import (
 from r21d.benchmarks.parity_bench import ParitySettings, default_parity_variants
 from r21d.benchmarks.peers import default_peers
 from r21d.benchmarks.pipeline_bench import PipelineSettings
+from r21d.benchmarks.ray_bench import RaySettings
 from r21d.benchmarks.report import Report, markdown_table, write_report
+from r21d.benchmarks.stream_bench import StreamSettings
 from r21d.benchmarks.variants import (
     REFERENCE,
     Variant,
@@ -54,7 +59,7 @@ from r21d.benchmarks.variants import (
 from r21d.benchmarks.videos import REAL_LABELS, SHARED_VIDEOS, cached_video, real_clips
 from r21d.errors import BadOptionError, RuntimeUnavailableError
 
-BENCHMARKS = ("model", "pipeline", "baseline", "parity", "accuracy")
+BENCHMARKS = ("model", "pipeline", "baseline", "parity", "accuracy", "ray", "stream")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = (
@@ -197,6 +202,11 @@ class Suite:
             return AccuracySettings(self.device, clip_counts=(1, 2), workers=0)
         return AccuracySettings(self.device)
 
+    def ray_settings(self) -> RaySettings:
+        if self.quick:
+            return RaySettings(self.device, num_clips=2, videos=2, decode_cpus=(1.0,))
+        return RaySettings(self.device)
+
     def accuracy_inputs(self) -> tuple[BenchModel, Path] | None:
         """(model, manifest) for the suite's accuracy run: the real I3D on the labelled real
         clips; quick: the tiny model on two synthetic videos; None when neither applies."""
@@ -273,12 +283,34 @@ def bench_accuracy(suite: Suite, out: Path, model=None, manifest=None, settings=
     return suite.stamp(report)
 
 
+def bench_ray(suite: Suite, out: Path, model=None, settings=None, videos=None) -> Report:
+    if importlib.util.find_spec("ray") is None:
+        raise LookupError("Ray is not installed (pip install r21d[ray])")
+    report = ray_bench.run_ray_bench(
+        model or suite.main_model(), videos or suite.videos(), settings or suite.ray_settings()
+    )
+    ray_bench.add_plots(report, out)
+    return suite.stamp(report)
+
+
+def bench_stream(suite: Suite, out: Path, model=None, settings=None, video=None) -> Report:
+    report = stream_bench.run_stream_bench(
+        model or suite.main_model(),
+        video or suite.short_video(),
+        settings or StreamSettings(suite.device),
+    )
+    stream_bench.add_plots(report, out)
+    return suite.stamp(report)
+
+
 RUNNERS: dict[str, Callable[[Suite, Path], Report]] = {
     "model": bench_model,
     "pipeline": bench_pipeline,
     "baseline": bench_baseline,
     "parity": bench_parity,
     "accuracy": bench_accuracy,
+    "ray": bench_ray,
+    "stream": bench_stream,
 }
 
 
@@ -326,6 +358,17 @@ def headline(report: Report) -> str:
     if report.name == "accuracy":
         b = s["best"]
         return f"best top-1 {b['top1']:.3g} ({b['clips']} clips, {b['resize']}, {b['head']})"
+    if report.name == "ray":
+        return (
+            f"Ray on one machine x{s['best_ratio']:.2f} the local engine's videos/s "
+            f"(best: decode {s['best_decode']}; local {s['local_videos_per_s']:.3g} videos/s)"
+        )
+    if report.name == "stream":
+        return "; ".join(
+            f"{r['variant']} {r['windows_per_s']:.3g} windows/s, live latency p50 "
+            f"{r['latency_p50_s']:.2f} s, {r['skipped_fraction']:.0%} skipped"
+            for r in s["per_variant"]
+        )
     return ""
 
 
