@@ -6,6 +6,7 @@ r21d bench pipeline [--model M] [--variant V]              engine against the mo
 r21d bench baseline [--model M] [--videos ...]             r21d score against the ports' way
 r21d bench parity [--model M] [--variants ...]             backends/precisions vs torch fp32
 r21d bench accuracy --manifest labels.csv --model M        accuracy per protocol choice
+r21d bench stream [--model M] [--variants ...]             live latency, windows/s
 r21d bench ray [--model M] [--decode-cpus 1,0.5]             Ray on one machine vs local
 """
 
@@ -208,6 +209,17 @@ def register(subparsers) -> None:
     p.add_argument("--num-videos", type=int, help="videos per run (default 8)")
     p.set_defaults(func=_ray)
 
+    p = sub.add_parser("stream", help="r21d stream: live latency and windows/s per backend")
+    _common(p)
+    _model_arg(p, "R(2+1)D-18 8 frames, random weights")
+    p.add_argument("--video", type=Path, help="source video (default: a synthetic 10 s one)")
+    p.add_argument(
+        "--variants",
+        help="backend:precision[:cl] list (default torch:fp32,torch:bf16:cl,onnxruntime:fp32)",
+    )
+    p.add_argument("--stride-s", type=float, help="seconds between windows (default: half one)")
+    p.set_defaults(func=_stream)
+
 
 def _suite(args):
     """(suite, results folder, machine info taken now, before the benchmark starts)."""
@@ -333,4 +345,18 @@ def _ray(args) -> int:
     if args.num_videos is not None:
         settings.videos = args.num_videos
     publish(bench_ray(suite, out, _real(args.model), settings, args.videos), out, machine)
+    return 0
+
+
+def _stream(args) -> int:
+    from r21d.benchmarks.run_all import bench_stream, publish
+    from r21d.benchmarks.stream_bench import StreamSettings
+    from r21d.infer.runtime import RuntimeOptions
+
+    suite, out, machine = _suite(args)
+    settings = StreamSettings(suite.device, stride_s=args.stride_s, threads=args.threads)
+    if args.variants:
+        settings.variants = [RuntimeOptions.parse(v) for v in args.variants.split(",") if v]
+    report = bench_stream(suite, out, _real(args.model), settings, args.video)
+    publish(report, out, machine)
     return 0
