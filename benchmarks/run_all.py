@@ -29,6 +29,7 @@ from r21d.benchmarks import (
     parity_bench,
     pipeline_bench,
     ray_bench,
+    stream_bench,
 )
 from r21d.benchmarks.accuracy_bench import AccuracySettings, write_manifest
 from r21d.benchmarks.baseline_bench import BaselineSettings
@@ -47,6 +48,7 @@ from r21d.benchmarks.peers import default_peers
 from r21d.benchmarks.pipeline_bench import PipelineSettings
 from r21d.benchmarks.ray_bench import RaySettings
 from r21d.benchmarks.report import Report, markdown_table, write_report
+from r21d.benchmarks.stream_bench import StreamSettings
 from r21d.benchmarks.variants import (
     REFERENCE,
     Variant,
@@ -57,7 +59,7 @@ from r21d.benchmarks.variants import (
 from r21d.benchmarks.videos import REAL_LABELS, SHARED_VIDEOS, cached_video, real_clips
 from r21d.errors import BadOptionError, RuntimeUnavailableError
 
-BENCHMARKS = ("model", "pipeline", "baseline", "parity", "accuracy", "ray")
+BENCHMARKS = ("model", "pipeline", "baseline", "parity", "accuracy", "ray", "stream")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = (
@@ -291,6 +293,16 @@ def bench_ray(suite: Suite, out: Path, model=None, settings=None, videos=None) -
     return suite.stamp(report)
 
 
+def bench_stream(suite: Suite, out: Path, model=None, settings=None, video=None) -> Report:
+    report = stream_bench.run_stream_bench(
+        model or suite.main_model(),
+        video or suite.short_video(),
+        settings or StreamSettings(suite.device),
+    )
+    stream_bench.add_plots(report, out)
+    return suite.stamp(report)
+
+
 RUNNERS: dict[str, Callable[[Suite, Path], Report]] = {
     "model": bench_model,
     "pipeline": bench_pipeline,
@@ -298,6 +310,7 @@ RUNNERS: dict[str, Callable[[Suite, Path], Report]] = {
     "parity": bench_parity,
     "accuracy": bench_accuracy,
     "ray": bench_ray,
+    "stream": bench_stream,
 }
 
 
@@ -349,6 +362,12 @@ def headline(report: Report) -> str:
         return (
             f"Ray on one machine x{s['best_ratio']:.2f} the local engine's videos/s "
             f"(best: decode {s['best_decode']}; local {s['local_videos_per_s']:.3g} videos/s)"
+        )
+    if report.name == "stream":
+        return "; ".join(
+            f"{r['variant']} {r['windows_per_s']:.3g} windows/s, live latency p50 "
+            f"{r['latency_p50_s']:.2f} s, {r['skipped_fraction']:.0%} skipped"
+            for r in s["per_variant"]
         )
     return ""
 
