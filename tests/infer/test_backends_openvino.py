@@ -74,7 +74,7 @@ def test_precision_defaults_to_fp32_never_openvinos_own_bf16(models, clips):
     assert bf16.precision == "bf16" and "bf16" in bf16.describe()
     probs = bf16.run(frames)[0]
     drift = np.abs(probs - reference).max()
-    assert 0 < drift < 0.05  # bf16 really ran (not fp32), and stayed close
+    assert 1e-4 < drift < 0.05  # bf16 really ran (beyond the fp32 tolerance), and stayed close
 
 
 def test_requests_openvino_cannot_serve_are_refused(models):
