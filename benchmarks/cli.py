@@ -135,6 +135,11 @@ def register(subparsers) -> None:
     )
     p.set_defaults(func=_all)
 
+    p = sub.add_parser("index", help="rewrite index.md from the reports already in a folder")
+    p.add_argument("--device", default="cpu", help="the device the reports are from")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    p.set_defaults(func=_index)
+
     p = sub.add_parser("model", help="latency/throughput per backend, precision and shape")
     _common(p)
     p.add_argument(
@@ -251,6 +256,13 @@ def _all(args) -> int:
         cache_dir=args.cache_dir or DEFAULT_CACHE,
         only=only,
     )
+
+
+def _index(args) -> int:
+    from r21d.benchmarks.run_all import default_out, rewrite_index
+
+    print(rewrite_index(args.out or default_out(args.device), args.device))
+    return 0
 
 
 def _model(args) -> int:

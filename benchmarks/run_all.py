@@ -417,6 +417,13 @@ def run_all(
     return 1 if failed else 0
 
 
+def rewrite_index(out: str | Path, device: str = "cpu") -> Path:
+    """``index.md`` from the reports already in ``out`` (after single ``r21d bench X`` runs)."""
+    out = Path(out)
+    lines = [line for line in (saved_line(out, n) for n in BENCHMARKS) if line]
+    return _write_index(out, lines, device, quick=False)
+
+
 def saved_line(out: Path, name: str) -> dict | None:
     """The index line of a report an earlier run left in ``out`` (kept when ``--only`` runs
     other benchmarks), or None where there is none."""
