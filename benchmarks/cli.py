@@ -189,6 +189,7 @@ def register(subparsers) -> None:
     _model_arg(p, "R(2+1)D-18 8 frames, random weights")
     _videos_arg(p)
     p.add_argument("--variants", help="engine variants (default torch:fp32 and the fastest)")
+    p.add_argument("--repeats", type=int, help="timed passes over all videos (default 3)")
     p.set_defaults(func=_baseline)
 
     p = sub.add_parser("parity", help="every backend/precision against torch fp32")
@@ -314,6 +315,8 @@ def _baseline(args) -> int:
     settings = suite.baseline_settings()
     if args.variants:
         settings.variants = parse_variants(args.variants)
+    if args.repeats is not None:
+        settings.repeats = args.repeats
     publish(bench_baseline(suite, out, _real(args.model), settings, args.videos), out, machine)
     return 0
 
