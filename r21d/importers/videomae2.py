@@ -163,7 +163,9 @@ def read_torch_state(path: Path, source_format: str) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, OSError, EOFError) as e:
         raise ImportMismatchError(f"{path}: not a loadable PyTorch weight file ({e})") from None
-    wrappers = ("state_dict",) if source_format == "mmaction2" else ("model", "module")
+    wrappers = (
+        ("state_dict",) if source_format == "mmaction2" else ("model", "module", "state_dict")
+    )
     for wrapper in wrappers:
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
             data = data[wrapper]
@@ -257,8 +259,16 @@ def infer_arch(
     embedding, depth from the blocks present, classes from the head."""
     for needed in ("patch_embed.proj.weight", "head.weight"):
         if key(needed) not in tensors:
+            hint = next(
+                (
+                    f" (this looks like --from {fmt})"
+                    for fmt, marker in (("mmaction2", "cls_head."), ("transformers", "videomae."))
+                    if any(k.startswith(marker) for k in tensors)
+                ),
+                "",
+            )
             raise ImportMismatchError(
-                f"{origin}: no {key(needed)}: not a VideoMAE V2 classifier in this layout"
+                f"{origin}: no {key(needed)}: not a VideoMAE V2 classifier in this layout{hint}"
             )
     embed = tensors[key("patch_embed.proj.weight")]
     if embed.dim() != 5 or embed.shape[1:3] != (3, TUBELET_FRAMES):

@@ -258,6 +258,12 @@ def test_round_trip_and_refusals_name_the_key(fmt, small_vit, tmp_path):
         convert(save(bad), fmt, **clip)
 
 
+def test_wrong_format_is_named(small_vit, tmp_path):
+    save, tensors = write_format("mmaction2", small_vit, tmp_path)
+    with pytest.raises(ImportMismatchError, match="no patch_embed.proj.weight.*--from mmaction2"):
+        convert(save(tensors), "videomae2", clip_len=4)
+
+
 def test_mmaction2_table_must_match_the_clip_and_be_the_fixed_one(small_vit, tmp_path):
     save, tensors = write_format("mmaction2", small_vit, tmp_path)
     with pytest.raises(ImportMismatchError, match="--clip-len"):
