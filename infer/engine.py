@@ -112,6 +112,11 @@ class ScoreOptions:
 
     def for_spec(self, spec: ModelSpec) -> ScoreOptions:
         """These options with the spec's protocol filled in where they leave it open."""
+        if self.full_frame and spec.fixed_input:
+            raise BadOptionError(
+                f"{spec.name} takes only {spec.clip_len}x{spec.crop_size}x{spec.crop_size} clips: "
+                "it cannot score whole frames (no --full-frame)"
+            )
         crops = 1 if self.full_frame else self.crops or spec.num_crops
         num_clips = None if self.stride_s is not None else self.num_clips or spec.num_clips
         return dataclasses.replace(self, num_clips=num_clips, crops=crops)
