@@ -7,7 +7,10 @@ the real ``r21d stream`` path (a PyAV UDP input, the reader thread, a tiny rando
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -66,17 +69,43 @@ class MpegTsSender(threading.Thread):
         container.close()
 
 
+TCP_SENDER = """
+import sys, time
+from fractions import Fraction
+import av
+from synthetic import index_frame
+port, fps, size = int(sys.argv[1]), int(sys.argv[2]), (160, 120)
+for first in (0, 50):  # two connections of 50 frames each, one second apart
+    container = av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "12"}
+    start = time.monotonic()
+    for i in range(50):
+        frame = av.VideoFrame.from_ndarray(index_frame(first + i, size), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        container.mux(stream.encode(frame))
+        time.sleep(max(0.0, start + (i + 1) / fps - time.monotonic()))
+    container.mux(stream.encode(None))
+    container.close()
+    time.sleep(1.0)
+"""
+"""A sender that serves MPEG-TS over TCP, drops the connection, then serves again. It runs as
+a process: PyAV holds the GIL while it waits for a client to connect."""
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_until_listening(port: int, timeout: float = 30.0) -> None:
-    """Return once something has bound UDP ``port`` (our own bind then fails)."""
+def _wait_until_listening(port: int, kind=socket.SOCK_DGRAM, timeout: float = 30.0) -> None:
+    """Return once something has bound ``port`` (our own bind then fails)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -155,6 +184,31 @@ def test_a_sender_paused_past_the_idle_timeout_ends_the_run_with_that_message(
     assert all(r["end_s"] < pause_after / FPS for r in records)
     err = capsys.readouterr().err
     assert "no frame for 2 s (--idle-timeout)" in err
+
+
+def test_reconnect_opens_a_dropped_source_again_and_time_runs_on(backend):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tests = str(Path(__file__).resolve().parents[1])
+    sender = subprocess.Popen(
+        [sys.executable, "-c", TCP_SENDER, str(port), str(FPS)],
+        env={**os.environ, "PYTHONPATH": tests},
+    )
+    try:
+        _wait_until_listening(port, socket.SOCK_STREAM)
+        records = []
+        options = StreamOptions(idle_timeout=IDLE_S, reconnect=True)
+        summary = run_stream(f"tcp://127.0.0.1:{port}", backend, options, records.append)
+    finally:
+        sender.kill()
+        sender.wait()
+    assert summary.reconnects == 1 and summary.reason == "idle"
+    assert summary.frames == 100  # both connections, every frame
+    starts = [r["start_s"] for r in records]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    # the second connection's frames carry on the first one's clock
+    assert any(r["start_frame"] >= 50 and r["start_s"] >= 50 / FPS - 1e-3 for r in records)
 
 
 def test_a_file_source_scores_every_window_without_skipping(backend, tmp_path):
