@@ -168,13 +168,20 @@ class _Progress:
         self.bar.close()
         seconds = time.perf_counter() - self.start
         done = self.scored + self.failed
-        rate = f"{done / seconds:.2f} videos/s, {self.clips / seconds:.1f} clips/s"
+        rate = f"{_rate(done, seconds, 'videos')}, {_rate(self.clips, seconds, 'clips')}"
         end = "interrupted; run again to resume" if interrupted else "done"
         print(
             f"{end}: scored {self.scored}, failed {self.failed}, skipped {self.skipped} "
             f"(already in {self.output}) in {seconds:.1f} s ({rate})",
             file=sys.stderr,
         )
+
+
+def _rate(count: int, seconds: float, unit: str) -> str:
+    """``12.3 videos/s``, or ``215 s/video`` where fewer than one a second finish."""
+    if count and count < seconds:
+        return f"{seconds / count:.3g} s/{unit[:-1]}"
+    return f"{count / max(seconds, 1e-9):.3g} {unit}/s"
 
 
 def _run(paths, backend, options, runtime, done: set[str], output: str, handle) -> int:

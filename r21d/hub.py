@@ -282,10 +282,16 @@ def download(
     )
     import requests  # pooch's HTTP client, imported when something is downloaded
 
+    logger = pooch.get_logger()
+    level = logger.level
+    if not progress:  # quiet means quiet: pooch logs a "Downloading file ..." line of its own
+        logger.setLevel("WARNING")
     try:
         files.fetch(dest.name, downloader=_VerifyingDownloader(sha256, dest.name, progress))
     except requests.RequestException as e:
         raise _download_error(e, url, dest) from None
+    finally:
+        logger.setLevel(level)
     return dest
 
 
