@@ -156,3 +156,6 @@ def test_score_scaling_runs_on_the_cpu_and_the_index_shows_its_headline(tmp_path
     assert "| model | 90 | 90 | TIMED OUT: stopped | - | - |" in index
     saved = json.loads((out / "check.json").read_text())
     assert [s["step"] for s in saved["steps"]] == ["score", "model"]
+    # A report an earlier check left behind is not this check's result.
+    later = write_index(out, parse_args([]), statuses[:1], since=time.time() + 60).read_text()
+    assert "| score | 80 | 12 | ok | - | - |" in later
