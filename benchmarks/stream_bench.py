@@ -78,7 +78,7 @@ def run_stream_bench(model: BenchModel, video: Path, settings: StreamSettings) -
                 "fps": fast.fps,
                 "windows": fast.scored,
                 "windows_per_s": fast.scored / fast.wall_s,
-                "offered_per_s": offered / live.wall_s,
+                "offered_per_s": live.fps / live.stride,  # the source's window rate
                 "live_scored": live.scored,
                 "live_skipped": live.skipped,
                 "skipped_fraction": live.skipped / offered if offered else None,
