@@ -366,7 +366,7 @@ def headline(report: Report) -> str:
     if report.name == "stream":
         return "; ".join(
             f"{r['variant']} {r['windows_per_s']:.3g} windows/s, live latency p50 "
-            f"{r['latency_p50_s']:.2f} s, {r['skipped_fraction']:.0%} skipped"
+            f"{r['latency_p50_s']:.2f} s, {r['skipped_fraction']:.0%} of windows passed over"
             for r in s["per_variant"]
         )
     return ""
