@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClipBatcher",
+    "clip_batch_size",
     "ScoreOptions",
     "VideoResult",
     "decode_video",
@@ -495,6 +496,18 @@ def _finish(pending: _Pending) -> VideoResult:
     return result
 
 
+def clip_batch_size(backend: Backend, runtime: RuntimeOptions) -> int:
+    """Clips per model call: the runtime's or the backend's default, within what the backend
+    takes (its fixed batch, its largest batch)."""
+    batch_size = runtime.batch_size or backend.default_batch
+    if backend.fixed_batch and batch_size != backend.fixed_batch:
+        raise BadOptionError(
+            f"this {backend.name} model takes batches of exactly {backend.fixed_batch} clips; "
+            f"batch size {batch_size} asked for"
+        )
+    return min(batch_size, backend.max_batch) if backend.max_batch else batch_size
+
+
 def score_videos(
     videos: Iterable[str | Path],
     backend: Backend,
@@ -518,15 +531,7 @@ def score_videos(
     options = options or ScoreOptions()
     spec = backend.spec.with_resize_mode(options.resize_mode)
     options = options.for_spec(spec)
-    batch_size = runtime.batch_size or backend.default_batch
-    if backend.fixed_batch and batch_size != backend.fixed_batch:
-        raise BadOptionError(
-            f"this {backend.name} model takes batches of exactly {backend.fixed_batch} clips; "
-            f"batch size {batch_size} asked for"
-        )
-    if backend.max_batch:
-        batch_size = min(batch_size, backend.max_batch)
-    batcher = ClipBatcher(backend, batch_size)
+    batcher = ClipBatcher(backend, clip_batch_size(backend, runtime))
     tasks = ((i, str(v)) for i, v in enumerate(videos))
     pool = None
     if runtime.workers:

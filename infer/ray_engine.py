@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from r21d.errors import BadOptionError, InputNotFoundError, RuntimeUnavailableError
-from r21d.infer.engine import ClipBatcher, ScoreOptions, VideoResult, decode_video
+from r21d.infer.engine import (
+    ClipBatcher,
+    ScoreOptions,
+    VideoResult,
+    clip_batch_size,
+    decode_video,
+)
 from r21d.infer.runtime import RuntimeOptions
 from r21d.spec import ModelSpec
 
@@ -50,7 +56,6 @@ if TYPE_CHECKING:
 
     import ray.data
 
-    from r21d.infer.backends import Backend
 
 __all__ = ["RayEngine", "RayOptions", "ScoreVideos", "add_ray_arguments", "score_dataset"]
 
@@ -206,18 +211,6 @@ def decode_row(row: dict[str, Any], spec: ModelSpec, options: ScoreOptions) -> d
     stores them as they are, whatever the clips' shape)."""
     result, clips = decode_video(int(row["index"]), str(row["path"]), spec, options)
     return {"index": result.index, "video": pickle.dumps((result, clips), protocol=5)}
-
-
-def clip_batch_size(backend: Backend, runtime: RuntimeOptions) -> int:
-    """Clips per model call: the runtime's or the backend's default, within what the backend
-    takes (the rule of :func:`~r21d.infer.engine.score_videos`)."""
-    batch_size = runtime.batch_size or backend.default_batch
-    if backend.fixed_batch and batch_size != backend.fixed_batch:
-        raise BadOptionError(
-            f"this {backend.name} model takes batches of exactly {backend.fixed_batch} clips; "
-            f"batch size {batch_size} asked for"
-        )
-    return min(batch_size, backend.max_batch) if backend.max_batch else batch_size
 
 
 class ScoreVideos:
