@@ -86,15 +86,24 @@ def plan(
 ) -> list[tuple[BenchModel, str, int, tuple[int, int]]]:
     """(model, grid, batch, frame size) to time: every model at the first batch size and frame
     size ("main"), and the first model (every model with ``sweep_all_models``) at every other
-    combination ("sweep")."""
-    first_batch, first_size = settings.batch_sizes[0], settings.frame_sizes[0]
-    configs = [(m, "main", first_batch, first_size) for m in models]
+    combination ("sweep"). A fixed-input model (a ViT) takes only its crop size, so that is its
+    one frame size."""
+    first_batch = settings.batch_sizes[0]
+    configs = [(m, "main", first_batch, frame_sizes(m, settings)[0]) for m in models]
     for model in models if settings.sweep_all_models else models[:1]:
+        first_size = frame_sizes(model, settings)[0]
         for batch in settings.batch_sizes:
-            for size in settings.frame_sizes:
+            for size in frame_sizes(model, settings):
                 if (batch, size) != (first_batch, first_size):
                     configs.append((model, "sweep", batch, size))
     return configs
+
+
+def frame_sizes(model: BenchModel, settings: ModelBenchSettings) -> list[tuple[int, int]]:
+    """The frame sizes ``model`` is timed at: the settings', or a fixed-input model's crop."""
+    if model.spec.fixed_input:
+        return [(model.spec.crop_size, model.spec.crop_size)]
+    return list(settings.frame_sizes)
 
 
 def run_model_bench(models: list[BenchModel], settings: ModelBenchSettings) -> Report:

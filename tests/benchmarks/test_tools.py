@@ -8,7 +8,8 @@ import pytest
 
 from r21d.benchmarks import baseline_pipeline
 from r21d.benchmarks.accuracy_bench import read_manifest, write_manifest
-from r21d.benchmarks.model_bench import design_figure
+from r21d.benchmarks.model_bench import ModelBenchSettings, design_figure, plan
+from r21d.benchmarks.models import random_checkpoint
 from r21d.benchmarks.pipeline_bench import frames_needed
 from r21d.benchmarks.report import fmt, markdown_table
 from r21d.benchmarks.timing import Timing, time_call
@@ -136,3 +137,15 @@ def test_real_clip_labels_are_kinetics400_class_names():
 
     assert set(REAL_LABELS) == set(REAL_CLIPS)
     assert set(REAL_LABELS.values()) <= set(load_labels("kinetics400"))
+
+
+def test_a_fixed_input_vit_is_timed_at_its_crop_only(tmp_path):
+    cnn = random_checkpoint("r2plus1d_18", 8, tmp_path, num_classes=5, width=0.125)
+    vit = random_checkpoint("videomae2_vit_s", 16, tmp_path, num_classes=5)
+    settings = ModelBenchSettings(batch_sizes=(1, 4), sweep_all_models=True)
+    configs = plan([cnn, vit], settings)
+    sizes = {
+        key: {c[3] for c in configs if c[0] is model} for key, model in (("cnn", cnn), ("vit", vit))
+    }
+    assert sizes == {"cnn": {(112, 112), (128, 171)}, "vit": {(224, 224)}}
+    assert sorted(c[2] for c in configs if c[0] is vit) == [1, 4]
