@@ -22,4 +22,5 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not ray" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m ray $(PYTEST_ARGS)

@@ -29,6 +29,7 @@ from r21d.infer.engine import ScoreOptions
 from r21d.infer.ray_engine import LOST_MESSAGE, RayOptions, parse_actors
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install r21d[ray])")
+pytestmark = pytest.mark.ray  # run in a pytest process of their own (see pyproject.toml)
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_BIN = Path(sys.executable).with_name("ray")
