@@ -22,5 +22,6 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not ray" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not ray" --ignore=tests/train $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not ray" tests/train $(PYTEST_ARGS)
 	$(BIN)/pytest -q -m ray $(PYTEST_ARGS)
