@@ -12,6 +12,8 @@ import torch
 
 from r21d.models import build_model, create_spec
 
+HF_LAYER = "videomae.encoder.layer."
+
 
 def random_vit(name: str, classes: int, clip_len: int, crop: int, seed: int = 0):
     """A ViT with every tensor random: non-zero q/v biases, layer scale away from 1, norms
@@ -57,6 +59,22 @@ def huggingface_copy(model, spec):
     hf = transformers.VideoMAEForVideoClassification(config).eval()
     hf.fc_norm.eps = spec.layer_norm_eps  # transformers hard-codes torch's 1e-5 here
     sd = model.state_dict()
+    hf.load_state_dict(transformers_layout(model), strict=True)
+    # Some transformers 5.x releases loaded q/v biases as zeros without a word: make sure the
+    # biases really are inside the reference model.
+    loaded = hf.videomae.encoder.layer[0].attention.attention
+    assert torch.equal(loaded.query.bias, sd["blocks.0.attn.q_bias"])
+    assert torch.equal(loaded.value.bias, sd["blocks.0.attn.v_bias"])
+    assert loaded.query.bias.abs().max() > 0.1 and loaded.value.bias.abs().max() > 0.1
+    assert loaded.key.bias is None
+    return hf
+
+
+def transformers_layout(model, old_bias_names: bool = False) -> dict[str, torch.Tensor]:
+    """``model``'s weights under transformers' ``VideoMAEForVideoClassification`` names
+    (layer scale folded in, see the module docstring; ``old_bias_names``: the ``q_bias`` /
+    ``v_bias`` names older transformers releases wrote)."""
+    sd = model.state_dict()
     out = {
         "videomae.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
         "videomae.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
@@ -66,16 +84,19 @@ def huggingface_copy(model, spec):
         "classifier.bias": sd["head.bias"],
     }
     for i in range(len(model.blocks)):
-        ours, theirs = f"blocks.{i}.", f"videomae.encoder.layer.{i}."
-        q, k, v = sd[ours + "attn.qkv.weight"].chunk(3)
-        g1, g2 = sd[ours + "gamma_1"], sd[ours + "gamma_2"]
+        ours, theirs = f"blocks.{i}.", f"{HF_LAYER}{i}."
         attention = theirs + "attention.attention."
+        q, k, v = sd[ours + "attn.qkv.weight"].chunk(3)
+        width = q.shape[0]
+        g1 = sd.get(ours + "gamma_1", torch.ones(width))
+        g2 = sd.get(ours + "gamma_2", torch.ones(width))
+        q_bias, v_bias = ("q_bias", "v_bias") if old_bias_names else ("query.bias", "value.bias")
         out |= {
             attention + "query.weight": q,
             attention + "key.weight": k,
             attention + "value.weight": v,
-            attention + "query.bias": sd[ours + "attn.q_bias"],
-            attention + "value.bias": sd[ours + "attn.v_bias"],
+            attention + q_bias: sd[ours + "attn.q_bias"],
+            attention + v_bias: sd[ours + "attn.v_bias"],
             theirs + "attention.output.dense.weight": g1[:, None] * sd[ours + "attn.proj.weight"],
             theirs + "attention.output.dense.bias": g1 * sd[ours + "attn.proj.bias"],
             theirs + "intermediate.dense.weight": sd[ours + "mlp.fc1.weight"],
@@ -86,15 +107,7 @@ def huggingface_copy(model, spec):
         for norm, hf_norm in (("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
             out[theirs + hf_norm + ".weight"] = sd[ours + norm + ".weight"]
             out[theirs + hf_norm + ".bias"] = sd[ours + norm + ".bias"]
-    hf.load_state_dict(out, strict=True)
-    # Some transformers 5.x releases loaded q/v biases as zeros without a word: make sure the
-    # biases really are inside the reference model.
-    loaded = hf.videomae.encoder.layer[0].attention.attention
-    assert torch.equal(loaded.query.bias, sd["blocks.0.attn.q_bias"])
-    assert torch.equal(loaded.value.bias, sd["blocks.0.attn.v_bias"])
-    assert loaded.query.bias.abs().max() > 0.1 and loaded.value.bias.abs().max() > 0.1
-    assert loaded.key.bias is None
-    return hf
+    return {key: value.clone().contiguous() for key, value in out.items()}
 
 
 def huggingface_probs(hf, frames: torch.Tensor, spec) -> torch.Tensor:

@@ -12,14 +12,13 @@ import os
 
 import pytest
 import torch
+from hf_videomae import HF_LAYER, transformers_layout
 from safetensors.torch import save_file
 
 from r21d.checkpoint import load_checkpoint
 from r21d.cli import main
 from r21d.importers import ImportMismatchError, convert
 from r21d.models import build_model, create_spec
-
-HF_LAYER = "videomae.encoder.layer."
 
 
 def random_model(name="videomae2_vit_s", classes=7, clip_len=16, crop=224, layer_scale=True):
@@ -60,42 +59,6 @@ def mmaction2_layout(model) -> dict[str, torch.Tensor]:
         out["backbone." + k] = v.clone()
     out["backbone.pos_embed"] = model.pos_embed[None].clone()
     return out
-
-
-def transformers_layout(model, old_bias_names=False) -> dict[str, torch.Tensor]:
-    """transformers' VideoMAEForVideoClassification names (no layer scale there)."""
-    sd = model.state_dict()
-    out = {
-        "videomae.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-        "videomae.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        "fc_norm.weight": sd["fc_norm.weight"],
-        "fc_norm.bias": sd["fc_norm.bias"],
-        "classifier.weight": sd["head.weight"],
-        "classifier.bias": sd["head.bias"],
-    }
-    for i in range(len(model.blocks)):
-        ours, theirs = f"blocks.{i}.", f"{HF_LAYER}{i}."
-        att = theirs + "attention.attention."
-        q, k, v = sd[ours + "attn.qkv.weight"].chunk(3)
-        q_bias, v_bias = ("q_bias", "v_bias") if old_bias_names else ("query.bias", "value.bias")
-        out |= {
-            att + "query.weight": q,
-            att + "key.weight": k,
-            att + "value.weight": v,
-            att + q_bias: sd[ours + "attn.q_bias"],
-            att + v_bias: sd[ours + "attn.v_bias"],
-            theirs + "attention.output.dense.weight": sd[ours + "attn.proj.weight"],
-            theirs + "attention.output.dense.bias": sd[ours + "attn.proj.bias"],
-            theirs + "intermediate.dense.weight": sd[ours + "mlp.fc1.weight"],
-            theirs + "intermediate.dense.bias": sd[ours + "mlp.fc1.bias"],
-            theirs + "output.dense.weight": sd[ours + "mlp.fc2.weight"],
-            theirs + "output.dense.bias": sd[ours + "mlp.fc2.bias"],
-            theirs + "layernorm_before.weight": sd[ours + "norm1.weight"],
-            theirs + "layernorm_before.bias": sd[ours + "norm1.bias"],
-            theirs + "layernorm_after.weight": sd[ours + "norm2.weight"],
-            theirs + "layernorm_after.bias": sd[ours + "norm2.bias"],
-        }
-    return {k: v.clone().contiguous() for k, v in out.items()}
 
 
 def write_hf_folder(folder, tensors, classes, clip_len=4, crop=224, **config):
