@@ -55,6 +55,7 @@ from r21d.spec import CROP_COUNTS, RESIZE_MODES, ModelSpec
 
 if TYPE_CHECKING:
     from r21d.infer.backends import Backend
+    from r21d.infer.decode import Allocator
 
 __all__ = [
     "ClipBatcher",
@@ -170,9 +171,6 @@ class VideoResult:
             return []
         order = np.argsort(-self.probs, kind="stable")[:k]
         return [(int(i), spec.label(int(i)), float(self.probs[i])) for i in order]
-
-
-Allocator = Callable[[tuple[int, ...], type], np.ndarray]
 
 
 def decode_video(

@@ -118,7 +118,8 @@ class TrainConfig:
                 raise BadOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in (*choices, None):
+            unset = f.default is None and getattr(self, f.name) is None  # e.g. resize_mode
+            if choices and not unset and getattr(self, f.name) not in choices:
                 raise BadOptionError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
