@@ -70,7 +70,7 @@ class Backend(ABC):
         if self.fixed_batch:
             return self.fixed_batch
         if self.device == "cpu" and self.spec.fixed_input:
-            return self.spec.views  # ViT matmuls at batch 1 are mostly overhead: a video a call
+            return self.spec.views  # a ViT takes a video's views in one call (not benchmarked)
         if self.device == "cpu":
             return 4 if self.precision == "bf16" else 1
         return 32

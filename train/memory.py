@@ -24,7 +24,8 @@ HEADROOM = 0.85
 STATE_BYTES_PER_PARAMETER = {"sgd": 12, "adamw": 16}
 """Bytes per fp32 parameter: the weight, its gradient and the optimiser's state."""
 BACKWARD_FACTOR = 1.5
-"""The backward pass holds gradients beside the saved activations: half as much again."""
+"""An assumed margin, not a measurement: the backward pass holds gradients beside the saved
+activations, taken as half as much again."""
 
 
 def available_bytes(device: torch.device) -> int:
