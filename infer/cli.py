@@ -9,12 +9,20 @@ and probabilities, clips, frames decoded, duration, short-video flag, status, ti
     DIR/index.jsonl         {"path", "file" (name in DIR, null on error), "clips", "dim",
                              "status", "error", "frames_decoded", "duration", "short", "model"}
 
-PATHs are folders (searched recursively for video files), video files, or ``@list.txt`` list
-files (also ``--list FILE``) with one path per line (blank lines and ``#`` comments skipped;
-relative paths are taken from the current directory). Both commands resume by default: paths
-already in the output are skipped; ``--overwrite`` starts over. ``--ray [ADDRESS]`` computes
-the same results on a Ray cluster (:mod:`r21d.infer.ray_engine`); the records are written here,
-by the same writers, with the same resume rule.
+PATHs are folders (searched recursively for video files, links to folders followed), video
+files, or ``@list.txt`` list files (also ``--list FILE``) with one path per line (blank lines
+and ``#`` comments skipped; relative paths are taken from the current directory). A folder
+entry that cannot be read (a symbolic link that loops or leads nowhere, a folder that may not
+be listed) becomes an error record saying so.
+
+Both commands resume by default: paths already in the output are skipped; ``--overwrite``
+starts over, ``--retry-errors`` scores the videos whose record is an error again (their error
+records are removed first, so each video keeps one record). An output remembers what made it
+(:mod:`r21d.infer.run_identity`: the model's content and every option that changes a record),
+and a rerun with another model or other options is refused rather than mixed in. The output
+path is checked before any work (:mod:`r21d.outputs`). ``--ray [ADDRESS]`` computes the same
+results on a Ray cluster (:mod:`r21d.infer.ray_engine`); the records are written here, by the
+same writers, with the same resume rules.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from r21d.errors import BadOptionError
 
 PRINT_LIMIT = 10
 """Scoring at most this many videos prints each one's top labels to stdout."""
+SHOWN_FAILURES = 3
+"""The end-of-run summary names this many of the videos that failed."""
 
 
 def _add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +82,12 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="start the output over instead of resuming it"
     )
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="score again the videos whose record in the output is an error (those records "
+        "are removed first)",
+    )
 
 
 def register(subparsers) -> None:
@@ -80,7 +96,8 @@ def register(subparsers) -> None:
         "score",
         help="score videos: top-k labels per video, resumable JSONL/CSV output",
         description="Score videos with the paper's test protocol (uniform clips, centre crop, "
-        "mean of clip softmax outputs). Resumes an existing output by default.",
+        "mean of clip softmax outputs). Resumes an existing output by default (written with "
+        "the same model and options); --retry-errors scores its failed videos again.",
     )
     _add_common_arguments(p)
     p.add_argument(
@@ -88,10 +105,12 @@ def register(subparsers) -> None:
         "--output",
         default="results.jsonl",
         help="results file (default results.jsonl; a .csv suffix writes CSV, .parquet a folder "
-        "of Parquet parts)",
+        "of Parquet parts); what made it is kept beside it (results.jsonl.run.json)",
     )
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="default: from the suffix")
-    p.add_argument("--top-k", type=int, default=5, help="labels per video (default 5)")
+    p.add_argument(
+        "--top-k", type=int, default=5, help="labels per video (default 5, at most the classes)"
+    )
     p.add_argument(
         "--print",
         action="store_true",
@@ -104,60 +123,84 @@ def register(subparsers) -> None:
         "extract",
         help="pooled clip and video features per video (.npz) with an index.jsonl",
         description="Extract pooled features: one .npz per video (clip_features (K, D), "
-        "video_feature (D,)) and DIR/index.jsonl. Resumes by default.",
+        "video_feature (D,)) and DIR/index.jsonl. Resumes by default (written with the same "
+        "model and options); --retry-errors extracts its failed videos again.",
     )
     _add_common_arguments(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=extract_command)
 
 
-def _open(args: argparse.Namespace):
-    """Videos, backend, protocol and runtime options from the parsed arguments."""
+def _protocol(args: argparse.Namespace):
+    """The :class:`~r21d.infer.engine.ScoreOptions` of the flags (its messages name them)."""
     from r21d.infer.engine import ScoreOptions
-    from r21d.infer.ray_engine import RayEngine, ray_options_from_args
-    from r21d.infer.runtime import runtime_from_args
-    from r21d.infer.sources import find_videos
 
-    paths = find_videos(args.paths, args.list)
-    if not paths:
-        raise BadOptionError(f"no videos found in {' '.join(args.paths + args.list)}")
-    options = ScoreOptions(
+    return ScoreOptions(
         num_clips=args.clips,
         crops=args.crops,
         full_frame=args.full_frame,
         resize_mode=args.resize,
     )
-    runtime = runtime_from_args(args)
+
+
+def _find(args: argparse.Namespace):
+    """The videos (and unreadable entries) the PATHs and list files name."""
+    from r21d.infer.sources import find_videos
+
+    found = find_videos(args.paths, args.list)
+    if not found.paths:
+        raise BadOptionError(f"no videos found in {' '.join(args.paths + args.list)}")
+    return found
+
+
+def _open_model(args: argparse.Namespace, runtime):
+    """The backend, or with ``--ray`` the :class:`RayEngine` (the cluster opens the model)."""
+    from r21d.infer.ray_engine import RayEngine, ray_options_from_args
+
     ray_options = ray_options_from_args(args)
-    if ray_options is not None:  # the model is opened by the cluster's actors, not here
-        return paths, RayEngine(args.model, runtime, ray_options), options, runtime
-    return paths, runtime.open(args.model), options, runtime
+    if ray_options is not None:
+        return RayEngine(args.model, runtime, ray_options)
+    return runtime.open(args.model)
 
 
-def _check_same_model(records: list[dict], model: str, output: str) -> None:
-    others = {r.get("model") for r in records} - {model, None, ""}
-    if others:
-        raise BadOptionError(
-            f"{output} holds results of {', '.join(sorted(others))}, not {model}; "
-            "use another output or --overwrite"
-        )
+def shown(text: str) -> str:
+    """``text`` as one printable line: newlines, other control characters and the bytes of
+    names that are not UTF-8 as Python escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _resume(out, run_path: Path, identity: dict, args, paths: list[str]) -> int:
+    """Check that ``out`` was written by a run of ``identity`` (storing it if ``out`` is
+    new); with ``--retry-errors`` remove the error records of ``paths``; return how many."""
+    from r21d.infer.run_identity import check_run
+
+    check_run(run_path, identity, args.output, len(out.records))
+    if not args.retry_errors:
+        return 0
+    wanted = set(paths)
+    errors = {r["path"] for r in out.records if r.get("status") == "error" and r["path"] in wanted}
+    return len(out.remove(errors))
 
 
 class _Progress:
     """tqdm bar (videos/s, ETA) plus the counts the end-of-run summary reports."""
 
-    def __init__(self, total: int, skipped: int, output: str):
+    def __init__(self, total: int, skipped: int, output: str, earlier_errors: int):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="video", file=sys.stderr, dynamic_ncols=True)
-        self.skipped, self.output = skipped, output
+        self.skipped, self.output, self.earlier_errors = skipped, output, earlier_errors
         self.scored = self.failed = self.clips = 0
+        self.failures: list[tuple[str, str]] = []
         self.start = time.perf_counter()
 
     def update(self, result) -> None:
         self.scored += result.ok
         self.failed += not result.ok
         self.clips += result.clips
+        if not result.ok and len(self.failures) < SHOWN_FAILURES:
+            error = " ".join(str(result.error).split())
+            self.failures.append((result.path, error.removeprefix(f"{result.path}: ")))
         self.bar.set_postfix(failed=self.failed, refresh=False)
         self.bar.update(1)
 
@@ -170,11 +213,24 @@ class _Progress:
         done = self.scored + self.failed
         rate = f"{_rate(done, seconds, 'videos')}, {_rate(self.clips, seconds, 'clips')}"
         end = "interrupted; run again to resume" if interrupted else "done"
-        print(
+        lines = [
             f"{end}: scored {self.scored}, failed {self.failed}, skipped {self.skipped} "
-            f"(already in {self.output}) in {seconds:.1f} s ({rate})",
-            file=sys.stderr,
-        )
+            f"(already in {self.output}) in {seconds:.1f} s ({rate})"
+        ]
+        lines += [f"  failed: {shown(path)}: {error}" for path, error in self.failures]
+        if self.failed:
+            more = self.failed - len(self.failures)
+            lines.append(
+                (f"  ... and {more} more; " if more else "  ")
+                + f'every failure is a record with "status": "error" in {self.output}; '
+                "--retry-errors scores them again"
+            )
+        elif self.earlier_errors:
+            lines.append(
+                f"  {self.earlier_errors} videos skipped have an error record from an earlier "
+                f"run in {self.output}; --retry-errors scores them again"
+            )
+        print("\n".join(lines), file=sys.stderr)
 
 
 def _rate(count: int, seconds: float, unit: str) -> str:
@@ -184,23 +240,34 @@ def _rate(count: int, seconds: float, unit: str) -> str:
     return f"{count / max(seconds, 1e-9):.3g} {unit}/s"
 
 
-def _run(paths, backend, options, runtime, done: set[str], output: str, handle) -> int:
-    """Score the paths not in ``done``, passing each result to ``handle``; return failures."""
-    from r21d.infer.engine import score_videos
+def _run(found, backend, options, runtime, out, output: str, handle, retried: int) -> int:
+    """Score the paths ``found`` that ``out`` does not hold, passing each result to
+    ``handle``; the unreadable entries become error results first. Return the failures."""
+    from r21d.infer.engine import VideoResult, score_videos
     from r21d.infer.ray_engine import RayEngine
 
-    todo = [p for p in paths if p not in done]
+    todo = [p for p in found.paths if p not in out.done]
+    skipped = len(found.paths) - len(todo)
+    wanted = set(found.paths)
+    earlier = sum(r.get("status") == "error" and r["path"] in wanted for r in out.records)
+    notes = f" ({earlier} of them errors: --retry-errors scores them again)" if earlier else ""
+    notes += f"; {retried} of them earlier errors, their records removed" if retried else ""
     print(
-        f"{backend.describe()}\n{len(todo)} videos to score, {len(paths) - len(todo)} "
-        f"already in {output}",
+        f"{backend.describe()}\n{len(todo)} videos to score, {skipped} already in {output}{notes}",
         file=sys.stderr,
     )
-    progress = _Progress(len(todo), len(paths) - len(todo), output)
+    progress = _Progress(len(todo), skipped, output, earlier)
+    unreadable = [p for p in todo if p in found.problems]
+    videos = [p for p in todo if p not in found.problems]
     try:
+        for index, path in enumerate(unreadable):
+            result = VideoResult(index, path, status="error", error=found.problems[path])
+            handle(result, progress)
+            progress.update(result)
         if isinstance(backend, RayEngine):  # --ray: the same results, from a Ray cluster
-            results = backend.score_videos(todo, options)
+            results = backend.score_videos(videos, options)
         else:
-            results = score_videos(todo, backend, options, runtime)
+            results = score_videos(videos, backend, options, runtime)
         for result in results:
             handle(result, progress)
             progress.update(result)
@@ -213,49 +280,78 @@ def _run(paths, backend, options, runtime, done: set[str], output: str, handle) 
 
 def score_command(args: argparse.Namespace) -> int:
     """``r21d score``: exit 0 when every video scored, 1 when some failed."""
-    from r21d.infer.records import csv_columns, open_record_file, output_format, score_record
+    from r21d.infer.records import (
+        SURROGATE,
+        csv_columns,
+        open_record_file,
+        output_format,
+        score_record,
+    )
+    from r21d.infer.run_identity import run_file, run_identity
+    from r21d.infer.runtime import runtime_from_args
+    from r21d.outputs import output_file, output_folder
 
     if args.top_k < 1:
         raise BadOptionError(f"--top-k must be >= 1, got {args.top_k}")
-    paths, backend, options, runtime = _open(args)
-    spec, model = backend.spec, Path(args.model).name
+    options = _protocol(args)
+    runtime = runtime_from_args(args)
     fmt = output_format(args.output, args.format)
+    (output_folder if fmt == "parquet" else output_file)(args.output, "-o")
+    found = _find(args)
+    odd = [p for p in found.paths if SURROGATE.search(p)]
+    if fmt == "parquet" and odd:
+        raise BadOptionError(
+            f"-o {args.output}: Parquet holds only UTF-8 text, and {len(odd)} file names are "
+            f"not UTF-8 (e.g. {shown(odd[0])}); write JSONL or CSV instead"
+        )
+    backend = _open_model(args, runtime)
+    spec, model = backend.spec, Path(args.model).name
+    if args.top_k > spec.num_classes:
+        raise BadOptionError(
+            f"--top-k {args.top_k}: {model} has {spec.num_classes} classes; give --top-k "
+            f"{spec.num_classes} or less"
+        )
+    identity = run_identity("score", args.model, backend, options, top_k=args.top_k)
     columns = csv_columns(args.top_k) if fmt == "csv" else None
-    show = args.print_results or len(paths) <= PRINT_LIMIT
+    show = args.print_results or len(found.paths) <= PRINT_LIMIT
 
     with open_record_file(args.output, fmt, columns=columns, overwrite=args.overwrite) as out:
-        _check_same_model(out.records, model, args.output)
+        retried = _resume(out, run_file(args.output, fmt == "parquet"), identity, args, found.paths)
 
         def handle(result, progress) -> None:
             out.write(score_record(result, spec, args.top_k, model))
             if show:
                 progress.write(_format_result(result, spec))
 
-        failed = _run(paths, backend, options, runtime, out.done, args.output, handle)
+        failed = _run(found, backend, options, runtime, out, args.output, handle, retried)
     return 1 if failed else 0
 
 
 def _format_result(result, spec) -> str:
     if not result.ok:
-        return f"{result.path}: error: {result.error}"
+        return f"{shown(result.path)}: error: {' '.join(str(result.error).split())}"
     top = ", ".join(f"{label} {p:.3f}" for _, label, p in result.top_k(spec, 5))
     short = " (short video, frames repeated)" if result.short else ""
-    return f"{result.path}: {top}{short}"
+    return f"{shown(result.path)}: {top}{short}"
 
 
 def extract_command(args: argparse.Namespace) -> int:
     """``r21d extract``: exit 0 when every video was embedded, 1 when some failed."""
     from r21d.infer.records import RecordFile, extract_record, save_features
+    from r21d.infer.run_identity import run_file, run_identity
+    from r21d.infer.runtime import runtime_from_args
+    from r21d.outputs import output_file, output_folder
 
-    directory = Path(args.output)
-    if directory.exists() and not directory.is_dir():
-        raise BadOptionError(f"-o {directory} exists and is not a folder")
-    directory.mkdir(parents=True, exist_ok=True)
-    paths, backend, options, runtime = _open(args)
+    options = _protocol(args)
+    runtime = runtime_from_args(args)
+    directory = output_folder(args.output, "-o")
+    index = output_file(directory / "index.jsonl", "-o")
+    found = _find(args)
+    backend = _open_model(args, runtime)
     model = Path(args.model).name
-    index = directory / "index.jsonl"
+    identity = run_identity("extract", args.model, backend, options)
     with RecordFile(index, "jsonl", overwrite=args.overwrite) as out:
-        _check_same_model(out.records, model, str(index))
+        retried = _resume(out, run_file(directory, folder=True), identity, args, found.paths)
 
         def handle(result, progress) -> None:
             name = None
@@ -263,5 +359,5 @@ def extract_command(args: argparse.Namespace) -> int:
                 name = save_features(directory, result.path, result.clip_features)
             out.write(extract_record(result, name, model))
 
-        failed = _run(paths, backend, options, runtime, out.done, str(index), handle)
+        failed = _run(found, backend, options, runtime, out, str(index), handle, retried)
     return 1 if failed else 0

@@ -96,17 +96,20 @@ class ScoreOptions:
 
     def __post_init__(self) -> None:
         if self.num_clips is not None and self.num_clips < 1:
-            raise BadOptionError(f"num_clips must be >= 1, got {self.num_clips}")
+            raise BadOptionError(f"--clips (num_clips) must be >= 1, got {self.num_clips}")
         if self.crops is not None and self.crops not in CROP_COUNTS:
-            raise BadOptionError(f"crops must be 1 or 3, got {self.crops}")
+            raise BadOptionError(f"--crops must be 1 or 3, got {self.crops}")
         if self.full_frame and self.crops not in (None, 1):
-            raise BadOptionError("full-frame scoring takes the whole frame: crops must be 1")
+            raise BadOptionError(
+                f"--full-frame scores the whole frame as one view: --crops must be 1, got "
+                f"{self.crops}"
+            )
         if self.resize_mode not in (None, *RESIZE_MODES):
             raise BadOptionError(
-                f"resize_mode must be fixed or short_edge, got {self.resize_mode!r}"
+                f"--resize (resize_mode) must be fixed or short_edge, got {self.resize_mode!r}"
             )
         if self.stride_s is not None and not self.stride_s > 0:
-            raise BadOptionError(f"the window stride must be > 0 seconds, got {self.stride_s}")
+            raise BadOptionError(f"--stride-s must be > 0 seconds, got {self.stride_s}")
         if self.stride_s is not None and self.num_clips is not None:
             raise BadOptionError("sliding windows (a stride) replace the uniform clips: no clips")
         if self.part is not None and self.stride_s is None:

@@ -192,9 +192,11 @@ class ShippedModel:
 
     @classmethod
     def put(cls, ray: ModuleType, path: Path) -> ShippedModel:
-        """Read ``path`` and its side files (``<name>.*`` beside it) into the object store."""
-        names = [path, *sorted(path.parent.glob(f"{path.name}.*"))]
-        return cls(path.name, ray.put({p.name: p.read_bytes() for p in names if p.is_file()}))
+        """Read ``path`` and its side files (:func:`~r21d.infer.run_identity.model_files`)
+        into the object store."""
+        from r21d.infer.run_identity import model_files
+
+        return cls(path.name, ray.put({p.name: p.read_bytes() for p in model_files(path)}))
 
     def write_to(self, folder: Path) -> Path:
         """Write the files into ``folder``; return the model file's path there."""
@@ -243,16 +245,30 @@ class RayEngine:
     """A model scored on a Ray cluster, as ``r21d score --ray`` uses it in place of a backend.
 
     ``spec`` is read from the model file (the model itself is only loaded by the actors, so
-    the driver needs neither a GPU nor the backend's runtime).
+    the driver needs neither a GPU nor the backend's runtime); ``name`` and ``precision`` are
+    the backend and precision the actors run (the options', else the model file's own).
     """
 
     def __init__(self, model: str | Path, runtime: RuntimeOptions, ray_options: RayOptions):
-        from r21d.artefacts import read_spec
+        from r21d.artefacts import artefact_kind, load_onnx_info, read_engine_record, read_spec
+        from r21d.infer.backends import SUFFIX_BACKEND
 
         self.model = Path(model)
         if not self.model.is_file():
             raise InputNotFoundError(f"model {self.model} not found")
-        self.spec = read_spec(self.model)
+        kind = artefact_kind(self.model)
+        if kind == "onnx":
+            info = load_onnx_info(self.model)
+            self.spec, own = info.spec, info.precision
+        else:
+            self.spec = read_spec(self.model)
+            own = "fp32"
+            if kind == "tensorrt":
+                own = read_engine_record(self.model).get("precision", "fp32")
+        self.name = runtime.backend
+        if self.name == "auto":
+            self.name = SUFFIX_BACKEND[self.model.suffix.lower()]
+        self.precision = runtime.precision or own
         self.runtime = runtime
         self.ray_options = ray_options
 

@@ -21,6 +21,13 @@ Score record (JSONL)::
 ``status`` is ``"error"`` with a specific ``error`` message (and an empty ``top_k``) for a video
 that could not be scored. CSV has the same fields with ``top_k`` spread over ``label_1``,
 ``prob_1`` ... ``label_k``, ``prob_k``.
+
+Any file name round-trips, commas, quotes and newlines included. A name that is not UTF-8
+(``os.fsdecode`` gives it lone surrogates) is a ``\\udcXX`` escape in JSONL, so the file stays
+valid UTF-8 and ``json.loads`` gives back the very ``str`` (``os.fsencode`` of it: the bytes);
+CSV holds the name's own bytes (read it with ``errors="surrogateescape"``); Parquet, whose
+strings must be UTF-8, cannot hold such a name (``r21d score`` refuses it up front).
+:meth:`RecordFile.remove` drops records (``--retry-errors``) by rewriting the file atomically.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from r21d.errors import BadOptionError, OutputInUseError, missing_package
+from r21d.outputs import atomic_file
 from r21d.spec import ModelSpec
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -48,6 +57,10 @@ SCORE_FIELDS = (
     "model",
     "error",
 )
+
+CSV_LINE_END = "\r\n"
+"""RFC 4180's row end: the csv module then quotes every field holding a CR or an LF."""
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 try:  # advisory lock so two runs cannot append to one file; POSIX only
     import fcntl
@@ -107,6 +120,19 @@ def csv_columns(top_k: int) -> list[str]:
     return ["path", "status", *ranks, *SCORE_FIELDS]
 
 
+def csv_top_k(columns: list[str]) -> int | None:
+    """The top-k whose :func:`csv_columns` ``columns`` are, ``None`` for other columns."""
+    k = (len(columns) - 2 - len(SCORE_FIELDS)) // 2
+    return k if k >= 1 and list(columns) == csv_columns(k) else None
+
+
+def json_line(record: dict) -> str:
+    """``record`` as one JSON line, valid UTF-8 whatever it holds: lone surrogates (the
+    bytes of a file name that is not UTF-8) become ``\\udcXX`` escapes."""
+    text = json.dumps(record, ensure_ascii=False)
+    return SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def _csv_row(record: dict, columns: list[str]) -> dict:
     row = {k: v for k, v in record.items() if k != "top_k"}
     for rank, entry in enumerate(record.get("top_k", []), start=1):
@@ -114,10 +140,33 @@ def _csv_row(record: dict, columns: list[str]) -> dict:
     return {c: "" if row.get(c) is None else row.get(c) for c in columns}
 
 
+def _csv_rows(text: str) -> tuple[list[list[str]], int]:
+    """The complete rows of CSV ``text`` and the length of the text they span; a last row cut
+    short by a kill (no row end yet, or inside a quoted field) is not one of them."""
+    ends, consumed = [0], 0
+
+    def lines():
+        nonlocal consumed
+        for line in text.split("\n")[:-1]:  # a tail without its line end is no row
+            consumed += len(line) + 1
+            yield line + "\n"
+
+    rows = []
+    try:
+        for row in csv.reader(lines(), strict=True):
+            rows.append(row)
+            ends.append(consumed)
+    except csv.Error:
+        if consumed < text.rfind("\n") + 1:  # not at the end: not a CSV that r21d wrote
+            raise ValueError(f"row {len(rows) + 1}") from None
+        # else the text ends inside a quoted field: half a row
+    return rows, ends[-1]
+
+
 class RecordFile:
     """An append-only JSONL or CSV file of per-video records, resumed when it exists.
 
-    ``done`` holds the paths already recorded and ``records`` the records read back.
+    ``done`` holds the paths recorded and ``records`` the records read back at open.
     ``columns`` (CSV only) is the header; an existing file with another header is refused.
     Use as a context manager; :meth:`write` appends one record durably.
     """
@@ -140,7 +189,7 @@ class RecordFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+b")  # noqa: SIM115 (closed in close())
         try:
-            self._lock()
+            self._lock(self._file)
             if overwrite:
                 self._file.truncate(0)
             self.records = self._read_and_repair()
@@ -149,7 +198,7 @@ class RecordFile:
             raise
         self.done = {r["path"] for r in self.records}
         if fmt == "csv" and self._file.tell() == 0:
-            self._append(self._csv_line(dict(zip(columns, columns, strict=True))))
+            self._append(self._header())
 
     def __enter__(self) -> RecordFile:
         return self
@@ -169,11 +218,44 @@ class RecordFile:
     def write(self, record: dict) -> None:
         """Append ``record`` (needs a ``path``) and force it to disk."""
         if self.fmt == "jsonl":
-            line = json.dumps(record, ensure_ascii=False) + "\n"
+            line = json_line(record)
         else:
             line = self._csv_line(_csv_row(record, self.columns))
         self._append(line)
         self.done.add(record["path"])
+
+    def remove(self, paths: set[str]) -> list[dict]:
+        """Drop the records (read at open) of ``paths``; return the records dropped.
+
+        The file is rewritten beside itself and renamed over the old one, so a kill leaves
+        either; the new file is locked before the rename, so the lock never lapses.
+        """
+        dropped = [r for r in self.records if r["path"] in paths]
+        if not dropped:
+            return []
+        kept = [r for r in self.records if r["path"] not in paths]
+        if self.fmt == "jsonl":
+            text = "".join(json_line(r) for r in kept)
+        else:
+            text = self._header() + "".join(self._csv_line(_csv_row(r, self.columns)) for r in kept)
+        new = None
+        try:
+            with atomic_file(self.path) as tmp:
+                new = open(tmp, "a+b")  # noqa: SIM115 (becomes self._file)
+                self._lock(new)
+                new.write(text.encode("utf-8", "surrogateescape"))
+                new.flush()
+                os.fsync(new.fileno())
+        except BaseException:
+            if new is not None:
+                new.close()
+            raise
+        self._file.close()
+        self._file = new
+        _sync_folder(self.path.parent)
+        self.records = kept
+        self.done = {r["path"] for r in kept}
+        return dropped
 
     def _append(self, text: str) -> None:
         self._file.seek(0, os.SEEK_END)
@@ -181,37 +263,52 @@ class RecordFile:
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def _header(self) -> str:
+        return self._csv_line(dict(zip(self.columns, self.columns, strict=True)))
+
     def _csv_line(self, row: dict) -> str:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator=CSV_LINE_END)
         writer.writerow(row)
         return buffer.getvalue()
 
-    def _lock(self) -> None:
+    def _lock(self, file) -> None:
         if fcntl is None:
             return
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutputInUseError(
                 f"{self.path} is being written by another run (it holds the file lock)"
             ) from None
 
     def _read_and_repair(self) -> list[dict]:
-        """Records in the file; a last line without its newline (a killed write) is cut off."""
+        """Records in the file; a last record cut short (a killed write) is cut off."""
         self._file.seek(0)
-        data = self._file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):
-            self._file.truncate(len(complete))
-        text = complete.decode("utf-8", "surrogateescape")
+        text = self._file.read().decode("utf-8", "surrogateescape")
         if self.fmt == "jsonl":
-            return self._parse_jsonl(text)
-        return self._parse_csv(text)
+            complete = text[: text.rfind("\n") + 1]
+            records = self._parse_jsonl(complete)
+        else:
+            try:
+                rows, end = _csv_rows(text)
+            except ValueError as e:
+                raise self._foreign(str(e)) from None
+            complete = text[:end]
+            records = self._parse_csv(rows)
+        if len(complete) != len(text):
+            self._file.truncate(len(complete.encode("utf-8", "surrogateescape")))
+        return records
+
+    def _foreign(self, where: str) -> BadOptionError:
+        return BadOptionError(
+            f"{self.path}, {where}: not a record written by r21d; use another output file or "
+            "--overwrite"
+        )
 
     def _parse_jsonl(self, text: str) -> list[dict]:
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n")[:-1], start=1):  # LF ends a record
             if not line.strip():
                 continue
             try:
@@ -219,23 +316,39 @@ class RecordFile:
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict) or "path" not in record:
-                raise BadOptionError(
-                    f"{self.path}, line {number}: not a record written by r21d; use another "
-                    "output file or --overwrite"
-                )
+                raise self._foreign(f"line {number}")
             records.append(record)
         return records
 
-    def _parse_csv(self, text: str) -> list[dict]:
-        if not text:
+    def _parse_csv(self, rows: list[list[str]]) -> list[dict]:
+        if not rows:
             return []
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames != self.columns:
+        header, *rows = rows
+        if header != self.columns:
+            theirs, ours = csv_top_k(header), csv_top_k(self.columns)
+            if theirs is None:
+                shown = ",".join(name[:40] for name in header[:3])
+                raise BadOptionError(
+                    f"{self.path} is not a CSV of r21d score records (its header starts "
+                    f"{shown!r}); use another output file or --overwrite"
+                )
             raise BadOptionError(
-                f"{self.path} has the columns {reader.fieldnames}, this run writes "
-                f"{self.columns} (another --top-k?); use another output file or --overwrite"
+                f"{self.path} has the columns of --top-k {theirs}, this run writes --top-k "
+                f"{ours}; use --top-k {theirs}, another output file or --overwrite"
             )
-        return list(reader)
+        for number, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise self._foreign(f"row {number}")
+        return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def _sync_folder(folder: Path) -> None:
+    """Force a rename in ``folder`` to disk (it then survives a power cut)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def parquet_schema():
@@ -278,7 +391,8 @@ class ParquetRecordFile:
     between the rename and the emptying), so every video is in exactly one part.
     ``pyarrow.parquet.read_table(folder)`` (or pandas, Ray Data, Spark) reads the parts and
     skips the ``_``-prefixed journal. ``records`` holds each recorded video's ``path`` and
-    ``model`` (what resuming needs), ``done`` the paths.
+    ``status`` (what resuming needs), ``done`` the paths; :meth:`remove` rewrites the parts
+    that hold some paths (each replaced atomically).
     """
 
     JOURNAL = "_journal.jsonl"
@@ -302,7 +416,7 @@ class ParquetRecordFile:
                 part.unlink()
         self.records = []
         for part in self._parts():
-            self.records += pq.read_table(part, columns=["path", "model"]).to_pylist()
+            self.records += pq.read_table(part, columns=["path", "status"]).to_pylist()
         in_parts = {r["path"] for r in self.records}
         self._pending = [r for r in self._journal.records if r["path"] not in in_parts]
         self._commit()  # a journal left by a kill becomes a part
@@ -330,6 +444,30 @@ class ParquetRecordFile:
         if len(self._pending) >= self.part_rows:
             self._commit()
 
+    def remove(self, paths: set[str]) -> list[dict]:
+        """Drop the records of ``paths`` from the parts; return the records dropped."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        dropped = [r for r in self.records if r["path"] in paths]
+        if not dropped:
+            return []
+        value_set = pa.array(sorted(paths), pa.string())
+        for part in self._parts():
+            table = self._pq.read_table(part)
+            hit = pc.is_in(table.column("path"), value_set=value_set)
+            if not pc.any(hit).as_py():
+                continue
+            kept = table.filter(pc.invert(hit))
+            if kept.num_rows:
+                self._write_part(kept, part.name)
+            else:
+                part.unlink()
+                _sync_folder(self.path)
+        self.records = [r for r in self.records if r["path"] not in paths]
+        self.done = {r["path"] for r in self.records}
+        return dropped
+
     def _parts(self) -> list[Path]:
         return sorted(self.path.glob("part-*.parquet"))
 
@@ -338,20 +476,20 @@ class ParquetRecordFile:
             return
         parts = self._parts()
         number = int(parts[-1].name[5:11]) + 1 if parts else 0
-        name = f"part-{number:06d}.parquet"
+        self._write_part(records_table(self._pending), f"part-{number:06d}.parquet")
+        self.records += [{"path": r["path"], "status": r.get("status")} for r in self._pending]
+        self._pending = []
+        self._journal.clear()
+
+    def _write_part(self, table, name: str) -> None:
+        """Write ``table`` as the part ``name``: under a temporary name, forced to disk, then
+        renamed (the rename forced to disk too)."""
         tmp = self.path / f"_{name}.tmp"
-        self._pq.write_table(records_table(self._pending), tmp)
+        self._pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         tmp.replace(self.path / name)
-        directory = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
-        self.records += [{"path": r["path"], "model": r.get("model")} for r in self._pending]
-        self._pending = []
-        self._journal.clear()
+        _sync_folder(self.path)
 
 
 def open_record_file(
@@ -364,10 +502,17 @@ def open_record_file(
     return RecordFile(path, fmt, columns=columns, overwrite=overwrite)
 
 
+STEM_CHARS = 80
+"""Characters of a video's stem kept in its feature file's name (names stay under 255 bytes)."""
+
+
 def feature_file_name(video_path: str) -> str:
-    """``<stem>_<10 hex digits of the path's SHA-1>.npz``: unique per path, readable by stem."""
-    digest = hashlib.sha1(video_path.encode("utf-8")).hexdigest()[:10]
-    return f"{Path(video_path).stem}_{digest}.npz"
+    """``<stem>_<10 hex digits of the path's SHA-1>.npz``: unique per path, readable by stem
+    (its first :data:`STEM_CHARS` characters, with control characters and bytes that are not
+    UTF-8 as ``_``)."""
+    digest = hashlib.sha1(video_path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    stem = "".join(c if c.isprintable() else "_" for c in Path(video_path).stem[:STEM_CHARS])
+    return f"{stem}_{digest}.npz"
 
 
 def save_features(directory: str | Path, video_path: str, clip_features: np.ndarray) -> str:

@@ -105,8 +105,11 @@ def test_resuming_with_another_model_is_refused_and_overwrite_starts_over(
     assert main([*base, "--model", str(checkpoint)]) == 0
     other = checkpoint.with_name("other.safetensors")
     other.write_bytes(checkpoint.read_bytes())
+    capsys.readouterr()
     assert main([*base, "--model", str(other)]) == 2
-    assert "holds results of tiny.safetensors" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model: tiny.safetensors (sha256 " in err
+    assert "-> other.safetensors (sha256 " in err and "--overwrite" in err
     assert main([*base, "--model", str(other), "--overwrite"]) == 0
     assert [r["model"] for r in _records(out)] == ["other.safetensors"]
     assert main(["score", str(tmp_path / "nowhere"), "--model", str(checkpoint)]) == 2
