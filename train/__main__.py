@@ -3,6 +3,9 @@
     torchrun --nproc-per-node 2 -m r21d.train --config run.yaml [--flags ...]
 
 Takes the same options as ``r21d train`` (without ``--nproc``). Only rank 0 logs at INFO.
+An error the user can fix is one line per rank and its exit code. Stopped by a signal, a rank
+of a multi-process run exits 0 once the checkpoint is saved (a non-zero code would make
+``torchrun`` report a failure of its own); ``r21d train`` then exits 130.
 """
 
 from __future__ import annotations
@@ -12,21 +15,29 @@ import logging
 import os
 import sys
 
+from r21d.errors import EXIT_INTERRUPTED, R21dError
 from r21d.train.config import add_config_arguments, resolve_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the options, train, and turn a user error or a stop into an exit code."""
     parser = argparse.ArgumentParser(prog="python -m r21d.train", description=__doc__)
     add_config_arguments(parser)
-    config = resolve_config(parser.parse_args(argv))
+    args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
-    from r21d.train.trainer import train
+    try:
+        from r21d.train.trainer import train
 
-    final = train(config)
+        final = train(resolve_config(args))
+    except R21dError as e:
+        print(f"[rank {rank}] r21d train: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 0 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else EXIT_INTERRUPTED
     if rank == 0:
         print(f"wrote {final}")
     return 0

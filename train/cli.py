@@ -11,23 +11,38 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from r21d.errors import BadOptionError, InputNotFoundError
-from r21d.train.config import add_config_arguments, resolve_config
+from r21d.train.config import TrainConfig, add_config_arguments, resolve_config
+from r21d.train.interrupt import STOP_SIGNALS
+from r21d.train.preflight import FINAL_MODEL, check_run
+from r21d.train.run_state import list_checkpoints
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def register(subparsers) -> None:
     """Add the ``train`` and ``data`` subcommands to the ``r21d`` parser."""
-    p = subparsers.add_parser("train", help="train or fine-tune a model on videos")
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model on videos",
+        description="Train or fine-tune a model on videos. Ctrl-C (or SIGTERM) stops after "
+        "the current step with a checkpoint, exit code 130; --resume continues it exactly.",
+    )
     add_config_arguments(p)
     p.add_argument("--nproc", type=int, default=1, help="processes (DDP via torchrun)")
     p.set_defaults(func=_train)
 
-    data = subparsers.add_parser("data", help="prepare training data: hashtags, subsets")
+    data = subparsers.add_parser("data", help="prepare training data: hashtags, subsets, manifests")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     h = sub.add_parser("hashtags", help="relevant hashtags of action labels")
     h.add_argument("labels", nargs="+", help='action labels, e.g. "catching a fish"')
@@ -53,20 +68,73 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if args.nproc < 1:
         raise BadOptionError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1:
-        launch = config.save(Path(config.output_dir) / "launch_config.yaml")
+    if args.nproc == 1:
+        from r21d.train.trainer import train
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        final = train(config)
+        print(f"wrote {final}")
+        return 0
+    check_run(config)  # here, before any rank starts: one line, not one traceback per rank
+    with tempfile.TemporaryDirectory(prefix="r21d-train-") as folder:
+        launch = config.save(Path(folder) / "launch_config.yaml")
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={args.nproc}", "-m", "r21d.train", "--config", str(launch),
             f"--stop-at-step={config.stop_at_step}", "--resume" if config.resume else "--no-resume",
         ]  # fmt: skip
-        return subprocess.run(command, check=False).returncode
-    from r21d.train.trainer import train
+        code, interrupted = _run_ranks(command)
+    if code == 0 and (interrupted or not _finished(config)):
+        raise KeyboardInterrupt  # the ranks stopped early on a signal, with a checkpoint
+    return code
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    final = train(config)
-    print(f"wrote {final}")
-    return 0
+
+def _run_ranks(command: list[str]) -> tuple[int, bool]:
+    """Run ``torchrun`` in a session of its own and wait for it: a SIGINT (Ctrl-C) or SIGTERM
+    here goes to each rank once (not to torchrun, which would kill them after 30 s with a
+    traceback of its own), so they stop together with a checkpoint. Returns torchrun's exit
+    code and whether a signal came."""
+    process = subprocess.Popen(command, start_new_session=True, preexec_fn=_stop_with_parent)
+    signals: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        signals.append(signum)
+        for pid in _children(process.pid) or [process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        return process.wait(), bool(signals)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (torchrun's: the ranks); empty without Linux's /proc."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in task.read_text().split()
+    ]
+
+
+def _stop_with_parent() -> None:
+    """``preexec_fn`` of torchrun: on Linux it gets SIGTERM (and stops the ranks) should this
+    process die without forwarding a signal, e.g. killed with SIGKILL."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _finished(config: TrainConfig) -> bool:
+    """Whether the run reached the end of this session (its last step, or --stop-at-step)."""
+    run_dir = Path(config.output_dir)
+    if config.finetune == "linear_probe":
+        return (run_dir / FINAL_MODEL).is_file()
+    end = min(config.max_steps, config.stop_at_step or config.max_steps)
+    steps = list_checkpoints(run_dir)
+    return bool(steps) and steps[-1] >= end
 
 
 def _hashtags(args: argparse.Namespace) -> int:

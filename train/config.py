@@ -26,6 +26,7 @@ from r21d.infer.runtime import (
     default_workers,
     parse_device,
 )
+from r21d.outputs import atomic_file
 from r21d.train.optim import OPTIMIZERS
 
 
@@ -103,25 +104,35 @@ class TrainConfig:
     val_clips: int = _opt(10, "clips per validation video")
     log_every: int = _opt(10, "steps between metric lines")
     progress: bool = _opt(True, "tqdm progress bar")
-    resume: bool = _opt(False, "continue the run in output_dir from its last checkpoint")
+    resume: bool = _opt(
+        False,
+        "continue the run in --output-dir from its newest checkpoint with the options of its "
+        "config.yaml (read when --config is not given); a flag that changes them is refused, "
+        "except --device, --workers, --threads, --progress and the log, validation and "
+        "checkpoint intervals",
+    )
     stop_at_step: int = _opt(0, "end this session at this step with a checkpoint (0: none)")
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for missing or contradictory options."""
+        """Raise :class:`BadOptionError` for missing or contradictory options, named as flags."""
         if not self.output_dir:
-            raise BadOptionError("output_dir is required")
+            raise BadOptionError("--output-dir is required")
         if not self.train_manifest:
-            raise BadOptionError("train_manifest is required")
+            raise BadOptionError("--train-manifest is required")
         parse_device(self.device)
-        for name in ("batch_size", "max_steps", "clip_len", "frame_step", "checkpoint_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise BadOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for names, least in ((_AT_LEAST_ONE, 1), (_AT_LEAST_ZERO, 0)):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and value < least:
+                    raise BadOptionError(f"{flag(name)} must be >= {least}, got {value}")
+        if self.width <= 0:
+            raise BadOptionError(f"--width must be > 0, got {self.width}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             unset = f.default is None and getattr(self, f.name) is None  # e.g. resize_mode
             if choices and not unset and getattr(self, f.name) not in choices:
                 raise BadOptionError(
-                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                    f"{flag(f.name)} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +142,7 @@ class TrainConfig:
         return data
 
     def save(self, path: str | Path) -> Path:
-        """Write the resolved configuration as YAML (loadable with ``--config``).
+        """Write the resolved configuration as YAML (loadable with ``--config``), atomically.
 
         The per-session options (``resume``, ``stop_at_step``) are left out: a run resumed
         from its saved configuration must not stop again where the last session stopped.
@@ -139,11 +150,63 @@ class TrainConfig:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in self.to_dict().items() if k not in SESSION_OPTIONS}
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        with atomic_file(path) as tmp:
+            tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
 
 SESSION_OPTIONS = ("resume", "stop_at_step")
+RESUME_MAY_CHANGE = (
+    *SESSION_OPTIONS,
+    *("device", "workers", "threads", "progress", "log_every", "val_every", "val_clips"),
+    *("checkpoint_every", "keep_checkpoints"),
+)
+"""Options a ``--resume`` may set for its session: where and how fast it runs, how often it
+logs, validates and checkpoints. Every other option is the run's, fixed by its config.yaml."""
+PATH_OPTIONS = (
+    "train_manifest",
+    "val_manifest",
+    "labels",
+    "output_dir",
+    "init_from",
+    "inflate_from",
+)
+_AT_LEAST_ONE = (
+    *("batch_size", "max_steps", "clip_len", "frame_step", "crop_size", "checkpoint_every"),
+    *("log_every", "val_clips", "lbfgs_steps", "threads"),
+)
+_AT_LEAST_ZERO = (
+    *("warmup_steps", "halvings", "precise_bn_batches", "workers", "val_every"),
+    *("keep_checkpoints", "stop_at_step", "drop_path", "weight_decay", "l2"),
+)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a :class:`TrainConfig` field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def resume_differences(config: TrainConfig, saved: TrainConfig) -> list[str]:
+    """The options outside :data:`RESUME_MAY_CHANGE` where ``config`` differs from the run's
+    ``saved`` configuration, as ``--flag VALUE (the run: VALUE)``; paths compare resolved."""
+    differences = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RESUME_MAY_CHANGE:
+            continue
+        mine, theirs = getattr(config, f.name), getattr(saved, f.name)
+        if f.name in PATH_OPTIONS and mine is not None and theirs is not None:
+            same = Path(mine).resolve() == Path(theirs).resolve()
+        else:
+            same = mine == theirs
+        if not same:
+            differences.append(f"{flag(f.name)} {_show(mine)} (the run: {_show(theirs)})")
+    return differences
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -183,7 +246,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in RUNTIME_FIELDS:
             continue  # in the shared runtime group above
-        flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
         kwargs["help"] = f"{f.metadata['help']} (default: {f.default})"
@@ -193,7 +255,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=int, nargs="+")
         else:
             kwargs.update(type=kind, choices=f.metadata.get("choices"))
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag(f.name), **kwargs)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:

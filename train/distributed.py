@@ -87,3 +87,12 @@ def replica_difference(model: torch.nn.Module, ctx: Context) -> float:
         worst = torch.maximum(worst, (p.detach() - reference).abs().max().double())
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     return worst.item()
+
+
+def any_rank(flag: bool, ctx: Context) -> bool:
+    """Whether ``flag`` is true on any process (every process gets the same answer)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -12,9 +12,12 @@ the weights and the model scores far worse in eval mode than it trained.
 
 A run folder holds ``config.yaml`` (the resolved options), ``labels.txt`` (the label map),
 ``metrics.jsonl``, ``checkpoints/`` (see :mod:`r21d.train.run_state`) and, at the end,
-``model.safetensors``. ``resume`` continues from the newest checkpoint exactly: weights,
-optimiser, step, sampler position and RNG states come back, and the learning rate is a
-function of the step.
+``model.safetensors``. ``config.yaml`` and ``labels.txt`` are written once, when a new run
+has passed every check (:mod:`r21d.train.preflight`); a resumed run reads them and never
+rewrites them. ``resume`` continues from the newest checkpoint exactly: weights, optimiser,
+step, sampler position and RNG states come back, and the learning rate is a function of the
+step. Ctrl-C or SIGTERM ends the session after the current step with a checkpoint
+(:mod:`r21d.train.interrupt`) and raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -32,24 +35,25 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from r21d.checkpoint import model_tensors, read_spec, save_checkpoint
-from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.checkpoint import model_tensors, save_checkpoint
+from r21d.errors import BadOptionError, UnusableDataError
 from r21d.infer.runtime import RuntimeOptions
 from r21d.spec import ModelSpec
 from r21d.train import distributed
 from r21d.train.config import TrainConfig
-from r21d.train.data import VideoSet, load_label_map, load_video_set, save_label_map
+from r21d.train.data import VideoSet, save_label_map
 from r21d.train.dataset import TrainClips
 from r21d.train.evaluate import evaluate_videos
+from r21d.train.interrupt import StopRequest, ignore_stop_signals, stop_on_signals
 from r21d.train.linear_probe import linear_probe
 from r21d.train.memory import check_fits
 from r21d.train.metrics import MetricsLog
-from r21d.train.model_setup import build_training_model, set_train_mode, training_spec
+from r21d.train.model_setup import build_training_model, set_train_mode
 from r21d.train.optim import build_optimizer
 from r21d.train.precise_bn import recompute_bn_statistics
+from r21d.train.preflight import FINAL_MODEL, RunPlan, check_run
 from r21d.train.run_state import (
     checkpoint_paths,
-    list_checkpoints,
     load_training_state,
     rng_state,
     save_run_checkpoint,
@@ -59,38 +63,30 @@ from r21d.train.sampling import DistributedDrawSampler, class_power_weights
 from r21d.train.schedule import lr_at, peak_lr
 
 log = logging.getLogger(__name__)
-FINAL_MODEL = "model.safetensors"
 
 
 def train(config: TrainConfig) -> Path:
-    """Run (or resume) the training ``config`` describes; returns the final checkpoint path."""
-    config.validate()
-    ctx = distributed.setup(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.use_deterministic_algorithms(config.deterministic or deterministic)
-        return _train(config, ctx)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        distributed.teardown(ctx)
+    """Run (or resume) the training ``config`` describes; returns the final checkpoint path.
+
+    A SIGINT or SIGTERM (in the main thread) ends it after the current step with a checkpoint
+    ``resume`` continues from, then raises ``KeyboardInterrupt``.
+    """
+    plan = check_run(config)
+    with stop_on_signals() as stop:
+        ctx = distributed.setup(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            torch.use_deterministic_algorithms(config.deterministic or deterministic)
+            return _train(config, ctx, plan, stop)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+            distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
-    run_dir = Path(cfg.output_dir)
-    train_set, val_set = _load_data(cfg, run_dir)
-    spec = training_spec(
-        arch=cfg.arch,
-        label_names=train_set.label_names,
-        clip_len=cfg.clip_len,
-        width=cfg.width,
-        frame_step=cfg.frame_step,
-        resize_mode=cfg.resize_mode,
-        resize_size=cfg.resize_size,
-        crop_size=cfg.crop_size,
-        init_from=cfg.init_from,
-    )
+def _train(cfg: TrainConfig, ctx: distributed.Context, plan: RunPlan, stop: StopRequest) -> Path:
+    run_dir, train_set, val_set, spec = plan.run_dir, plan.train_set, plan.val_set, plan.spec
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_training_model(
         spec,
@@ -99,25 +95,21 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         finetune=cfg.finetune,
         drop_path=cfg.drop_path,
     )
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        save_label_map(train_set.label_names, run_dir / "labels.txt")
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=ctx.is_main)
 
     if cfg.finetune == "linear_probe":
+        _record_run(cfg, ctx, train_set)
         return _linear_probe(cfg, ctx, model, spec, train_set, val_set, metrics)
 
-    state = _resume(cfg, run_dir, model, spec) if cfg.resume else None
+    state = _resume(run_dir, plan.resume_step, model) if cfg.resume else None
     model.to(ctx.device)
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     autocast = _autocast(cfg.precision, ctx.device)
     _check_memory(cfg, ctx, model, spec, memory_format, autocast)  # before DDP's hooks
-    if cfg.sync_bn:
-        if ctx.device.type != "cuda":
-            raise BadOptionError("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    if cfg.sync_bn:  # on CUDA (the preflight refuses it on the CPU)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    _record_run(cfg, ctx, train_set)
     net = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -141,6 +133,27 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
         metrics.truncate_after(start_step)
         if ctx.is_main:
             log.info("resumed %s at step %d", run_dir, start_step)
+            if state["world_size"] != ctx.world_size:
+                log.warning(
+                    "resuming a %d-process run with %d processes: the global batch and the "
+                    "sample stream change, so this is not an exact continuation",
+                    state["world_size"],
+                    ctx.world_size,
+                )
+
+    def checkpoint(done: int) -> None:
+        """Save the checkpoint of step ``done`` (rank 0), the others waiting for it."""
+        if ctx.is_main:
+            run_state = {
+                "step": done,
+                "draws": draws,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "world_size": ctx.world_size,
+            }
+            save_run_checkpoint(run_dir, done, model, spec, run_state, cfg.keep_checkpoints)
+        distributed.barrier(ctx)
 
     loader = _loader(cfg, ctx, spec, train_set, start=draws)
     peak = peak_lr(cfg.base_lr, cfg.batch_size * ctx.world_size)
@@ -155,7 +168,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
     window = _Window()
     batches = iter(loader)
     for step in range(start_step, end_step):
-        clips, targets = next(batches)
+        if distributed.any_rank(stop.requested, ctx):  # every rank stops after the same step
+            bar.close()
+            if step > start_step and step % cfg.checkpoint_every:
+                checkpoint(step)
+            if ctx.is_main and step:
+                log.warning("stopped after step %d; continue it with --resume", step)
+            raise KeyboardInterrupt
+        clips, targets = _next_batch(batches, cfg.train_manifest)
         draws += len(clips)
         clips = clips.to(ctx.device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(ctx.device, non_blocking=True)
@@ -190,17 +210,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> Path:
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['clip_acc']:.2f}")
         if done % cfg.checkpoint_every == 0 or done == end_step:
-            if ctx.is_main:
-                run_state = {
-                    "step": done,
-                    "draws": draws,
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(),
-                    "world_size": ctx.world_size,
-                }
-                save_run_checkpoint(run_dir, done, model, spec, run_state, cfg.keep_checkpoints)
-            distributed.barrier(ctx)
+            checkpoint(done)
         if val_set and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):
             _validate(cfg, ctx, model, spec, val_set, metrics, done)
     bar.close()
@@ -248,35 +258,34 @@ def _precise_bn(cfg, ctx, model, batches, memory_format, autocast) -> None:
         log.info("recomputed BN statistics over %d batches", used)
 
 
-def _load_data(cfg: TrainConfig, run_dir: Path) -> tuple[VideoSet, VideoSet | None]:
-    saved = run_dir / "labels.txt"
-    if cfg.resume and saved.is_file():
-        names = load_label_map(saved)
-    elif cfg.labels:
-        names = load_label_map(cfg.labels)
-    else:
-        names = None
-    train_set = load_video_set(cfg.train_manifest, names)
-    val_set = load_video_set(cfg.val_manifest, train_set.label_names) if cfg.val_manifest else None
-    return train_set, val_set
+def _record_run(cfg: TrainConfig, ctx: distributed.Context, train_set: VideoSet) -> None:
+    """A new run's ``config.yaml`` and ``labels.txt``, once every check has passed (rank 0);
+    a resumed run keeps the ones it was started with."""
+    if ctx.is_main and not cfg.resume:
+        cfg.save(Path(cfg.output_dir) / "config.yaml")
+        save_label_map(train_set.label_names, Path(cfg.output_dir) / "labels.txt")
 
 
-def _resume(cfg: TrainConfig, run_dir: Path, model: nn.Module, spec: ModelSpec) -> dict:
-    steps = list_checkpoints(run_dir)
-    if not steps:
-        raise InputNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
-    weights, state_path = checkpoint_paths(run_dir, steps[-1])
-    saved_spec = read_spec(weights)
-    if saved_spec != spec:
-        raise BadOptionError(
-            f"resume: {weights} was trained with a different model spec than this config "
-            "describes (changed arch, clip, labels or preprocessing?)"
-        )
+def _resume(run_dir: Path, step: int, model: nn.Module) -> dict:
+    """Load the checkpoint of ``step`` (its spec was checked by the preflight) into ``model``."""
+    weights, state_path = checkpoint_paths(run_dir, step)
     tensors = load_file(str(weights))
     if set(tensors) != set(model_tensors(model)):
-        raise BadOptionError(f"resume: {weights} does not hold this model's tensors")
+        raise BadOptionError(f"--resume: {weights} does not hold this model's tensors")
     model.load_state_dict(tensors, strict=False)
     return load_training_state(state_path)
+
+
+def _next_batch(batches, manifest: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next training batch; a data error in one line naming the manifest (a DataLoader
+    worker's comes back with the worker's traceback folded into its message)."""
+    try:
+        return next(batches)
+    except UnusableDataError as e:
+        # in a worker's: "... Original Traceback ...\nr21d.errors.UnusableDataError: MESSAGE"
+        last = str(e).strip().splitlines()[-1]
+        message = last.partition(": ")[2] if "\n" in str(e).strip() else last
+        raise UnusableDataError(f"--train-manifest {manifest}: {message}") from None
 
 
 def _loader(
@@ -301,6 +310,7 @@ def _loader(
         num_workers=cfg.workers,
         pin_memory=ctx.device.type == "cuda",
         prefetch_factor=4 if cfg.workers else None,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

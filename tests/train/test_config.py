@@ -60,9 +60,9 @@ def test_bad_configs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown options.*batchsize"):
         read_config_file(tmp_path / "c.yaml")
     (tmp_path / "s.yaml").write_text("sampling: sqrtt\n")
-    with pytest.raises(ValueError, match="sampling must be one of"):
+    with pytest.raises(ValueError, match="--sampling must be one of"):
         parse(["--config", str(tmp_path / "s.yaml"), *REQUIRED])
-    with pytest.raises(ValueError, match="output_dir is required"):
+    with pytest.raises(ValueError, match="--output-dir is required"):
         parse(["--train-manifest", "m.jsonl"])
     with pytest.raises(ValueError, match=r"\.yaml, \.yml or \.toml"):
         (tmp_path / "c.ini").write_text("")
