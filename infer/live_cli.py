@@ -135,9 +135,16 @@ def _backend(args: argparse.Namespace, batch: int | None = None):
 def timeline_command(args: argparse.Namespace) -> int:
     """``r21d timeline``: exit 0 once the windows, segments and plot are written."""
     from r21d.infer.timeline import plot_timeline, score_timeline, write_timeline
+    from r21d.outputs import output_file
 
     if not Path(args.video).is_file():
         raise InputNotFoundError(f"{args.video}: no such video file")
+    output_file(args.output, "-o")
+    if args.segments is not None:
+        output_file(args.segments, "--segments")
+    plot = None if args.no_plot else args.plot or str(Path(args.output).with_suffix(".png"))
+    if plot is not None:
+        output_file(plot, "--plot" if args.plot else "-o (its .png plot)")
     runtime, backend = _backend(args)
     timeline = score_timeline(
         args.video,
@@ -159,8 +166,7 @@ def timeline_command(args: argparse.Namespace) -> int:
     print(f"{len(timeline.segments)} segment(s) above {timeline.threshold:g}:")
     for segment in timeline.segments:
         print(segment.describe())
-    if not args.no_plot:
-        plot = args.plot or str(Path(args.output).with_suffix(".png"))
+    if plot is not None:
         print(f"plot: {plot_timeline(timeline, plot)}")
     return 0
 
@@ -178,7 +184,10 @@ def _input_options(pairs: list[str]) -> dict[str, str]:
 def stream_command(args: argparse.Namespace) -> int:
     """``r21d stream``: exit 0 when the source ended or went silent."""
     from r21d.infer.stream import StreamOptions, run_stream
+    from r21d.outputs import output_file
 
+    if args.output is not None:
+        output_file(args.output, "-o")
     options = StreamOptions(
         stride_s=args.stride_s,
         smooth=args.smooth,
