@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from r21d.errors import BadOptionError, BadWeightsError
+from r21d.errors import BadWeightsError
 
 ALLOWED_GLOBALS = frozenset(
     {
@@ -51,9 +51,11 @@ def safe_load_pickle(path: str | Path) -> Any:
     data = Path(path).read_bytes()
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # truncated or not a pickle at all
-        raise BadOptionError(
-            f"{path}: not a readable weight pickle ({type(e).__name__}: {e})"
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or not a pickle: the stdlib raises many kinds for it
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise BadWeightsError(
+            f"{path}: not a readable weight pickle (truncated, corrupted or another format: "
+            f"{type(e).__name__}{': ' + reason if reason else ''})"
         ) from None

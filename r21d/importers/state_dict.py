@@ -3,23 +3,65 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from r21d.importers.exact import ImportMismatchError
 
 
+def load_torch_file(path: str | Path) -> Any:
+    """What a ``.pth`` file holds, loaded with ``weights_only=True``: no code in it runs.
+
+    Every failure is one line naming the file. A pickle that asks for a Python object
+    (``os.system``, a class) is refused as malformed or malicious; torch's own advice to
+    retry with ``weights_only=False`` (which would run it) is never passed on.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not for users
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if wanted:
+            raise ImportMismatchError(
+                f"{path}: refused: the file asks for the Python object {wanted.group(1)}, which "
+                "weight files never need (it is malformed or malicious); r21d reads .pth files "
+                "without running code in them"
+            ) from None
+        raise ImportMismatchError(_unreadable(path, _torch_reason(str(e)))) from None
+    except (RuntimeError, OSError, ValueError) as e:  # a truncated zip, a foreign format
+        raise ImportMismatchError(_unreadable(path, _torch_reason(str(e)))) from None
+    except (EOFError, KeyError):  # an empty file; garbage (torch reads a bogus key)
+        raise ImportMismatchError(_unreadable(path, "")) from None
+
+
+def _torch_reason(message: str) -> str:
+    """The line of a torch error that says what is wrong, without torch's boilerplate (which
+    includes the advice to load with ``weights_only=False``)."""
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(skip) and "weights_only" not in line]
+    return useful[0] if useful else ""
+
+
+def _unreadable(path: str | Path, reason: str) -> str:
+    return f"{path}: not a loadable PyTorch weight file (truncated, corrupted or another format" + (
+        f": {reason})" if reason else ")"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pth`` state dict, loaded with ``weights_only=True`` (no code runs).
+    """Tensors of a ``.pth`` state dict, read by :func:`load_torch_file` (no code runs).
 
     BN ``num_batches_tracked`` counters are dropped: they carry no weights. A ``{"state_dict":
     ...}`` or ``{"model": ...}`` wrapper, as training scripts write, is unwrapped.
     """
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ImportMismatchError(f"{path}: not a loadable PyTorch weight file ({e})") from None
+    data = load_torch_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
             data = data[wrapper]

@@ -23,7 +23,6 @@ Kinetics-400 with a label map: a JSON list of 400 indices into the 710 rows (ups
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from collections.abc import Callable
 from functools import partial
@@ -36,6 +35,7 @@ from torch import nn
 from r21d.checkpoint import file_sha256
 from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.importers.exact import ImportMismatchError, load_exact
+from r21d.importers.state_dict import load_torch_file
 from r21d.labels import resolve_labels
 from r21d.models import VIDEOMAE2_CLIP_LEN, build_model, create_spec
 from r21d.models.videomae2 import SIZES, TUBELET_FRAMES, sinusoid_table
@@ -151,18 +151,10 @@ def convert(
 
 
 def read_torch_state(path: Path, source_format: str) -> dict[str, torch.Tensor]:
-    """The state dict of an upstream or mmaction2 ``.pth`` file, loaded with
-    ``weights_only=True``: a file that needs any other Python object is refused, not run."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ImportMismatchError(
-            f"{path}: refused: the file holds Python objects other than tensors, which "
-            f"weights_only loading does not run ({first})"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise ImportMismatchError(f"{path}: not a loadable PyTorch weight file ({e})") from None
+    """The state dict of an upstream or mmaction2 ``.pth`` file, read by
+    :func:`~r21d.importers.state_dict.load_torch_file`: a file that needs any other Python
+    object is refused, not run."""
+    data = load_torch_file(path)
     wrappers = (
         ("state_dict",) if source_format == "mmaction2" else ("model", "module", "state_dict")
     )
