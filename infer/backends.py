@@ -10,6 +10,11 @@ model's own spec, so the caller never handles mean, std or channel order.
 asked for. A GPU that was asked for and is not used is an error, never a silent CPU run:
 ``onnxruntime-gpu`` without a working CUDA falls back to its CPU provider with only a log line,
 so the session's active providers are checked after it is created.
+
+Every model file is checked when it opens: one probe clip that its spec says it takes runs
+through the backend, and outputs that are not the spec's probabilities (another class count,
+scores outside [0, 1], rows that do not sum to 1) refuse the file (:func:`check_outputs`), so
+a graph carrying another export's metadata never writes a record.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from r21d.errors import BadOptionError, InputNotFoundError, RuntimeUnavailableError
+from r21d.artefacts import existing_file, spec_classes
+from r21d.errors import BadModelFileError, BadOptionError, RuntimeUnavailableError
 from r21d.infer.runtime import RuntimeOptions, parse_device, require_device
-from r21d.models.heads import check_input_shape
+from r21d.models.heads import check_input_shape, min_spatial_size
 from r21d.spec import ModelSpec
 
 ORT_PROVIDERS = {
@@ -36,6 +42,10 @@ SUFFIX_BACKEND = {
     ".engine": "tensorrt",
     ".plan": "tensorrt",
 }
+PROBS_TOLERANCE = 1e-2
+"""How far a probe's probability may lie outside [0, 1], and a row's sum from 1: bf16 and
+fp16 round a sum of probabilities by up to ~4e-3; logits or another model's scores miss by
+far more."""
 
 
 class BackendError(RuntimeUnavailableError):
@@ -137,9 +147,7 @@ def open_backend(
         ort_provider=ort_provider,
         allow_cpu_fallback=allow_cpu_fallback,
     )
-    path = Path(model_path)
-    if not path.is_file():
-        raise InputNotFoundError(f"model {path} not found")
+    path = existing_file(model_path)
     if backend == "auto":
         backend = SUFFIX_BACKEND.get(path.suffix.lower())
         if backend is None:
@@ -157,14 +165,78 @@ def open_backend(
 
         model, spec = load_checkpoint(path)
         layout = channels_last is not False
-        return TorchBackend(model, spec, device, precision or "fp32", layout, threads)
-    if backend == "onnxruntime":
-        return OnnxRuntimeBackend(
+        opened: Backend = TorchBackend(model, spec, device, precision or "fp32", layout, threads)
+    elif backend == "onnxruntime":
+        opened = OnnxRuntimeBackend(
             path, device, precision, ort_provider, allow_cpu_fallback, threads
         )
-    if backend == "openvino":
-        return OpenVinoBackend(path, device, precision, threads)
-    return TensorRTBackend(path, device, precision)
+    elif backend == "openvino":
+        opened = OpenVinoBackend(path, device, precision, threads)
+    else:
+        opened = TensorRTBackend(path, device, precision)
+    check_outputs(opened, path)
+    return opened
+
+
+def probe_shape(backend: Backend) -> tuple[int, int, int, int, int]:
+    """The uint8 ``(N, T, H, W, 3)`` probe clip: the backend's fixed batch or 1, the spec's
+    clip length and crop (at least the head's smallest frame)."""
+    spec = backend.spec
+    size = max(spec.crop_size, min_spatial_size(spec))
+    return (backend.fixed_batch or 1, spec.clip_len, size, size, 3)
+
+
+def check_outputs(backend: Backend, path: str | Path) -> None:
+    """Run one probe clip (:func:`probe_shape`, random frames) and refuse ``path`` with a
+    :class:`~r21d.errors.BadModelFileError` unless the backend returns the spec's
+    probabilities: ``(N, classes)``, each in [0, 1] and each row summing to 1, within
+    :data:`PROBS_TOLERANCE`, and ``(N, features)`` features."""
+    spec = backend.spec
+    kind = {"torch": "model", "tensorrt": "engine"}.get(backend.name, "graph")
+    shape = probe_shape(backend)
+    n = shape[0]
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    try:
+        probs, features = backend.run(frames)
+    except BadOptionError as e:
+        raise BadModelFileError(
+            f"{path}: its {kind} refuses a {'x'.join(map(str, shape[:4]))} clip, which its "
+            f"r21d spec says it takes: {e}"
+        ) from None
+    not_its = f"the spec does not belong to this {kind}"
+    if probs.ndim != 2 or probs.shape[0] != n:
+        raise BadModelFileError(
+            f"{path}: its {kind} outputs probabilities of shape {probs.shape} for {n} clip(s), "
+            f"not ({n}, classes)"
+        )
+    if probs.shape[1] != spec.num_classes:
+        raise BadModelFileError(
+            f"{path}: its {kind} outputs {probs.shape[1]} scores per clip but its r21d spec has "
+            f"{spec_classes(spec)}: {not_its}"
+        )
+    if features.ndim != 2 or features.shape[0] != n:
+        raise BadModelFileError(
+            f"{path}: its {kind} outputs features of shape {features.shape} for {n} clip(s), "
+            f"not ({n}, features)"
+        )
+    if not np.isfinite(probs).all():
+        raise BadModelFileError(
+            f"{path}: its {kind} outputs non-finite scores (NaN or inf) for a probe clip: "
+            "its weights are broken"
+        )
+    low, high = float(probs.min()), float(probs.max())
+    if low < -PROBS_TOLERANCE or high > 1 + PROBS_TOLERANCE:
+        raise BadModelFileError(
+            f"{path}: its {kind} outputs scores from {low:.4g} to {high:.4g} for a probe clip, "
+            f"not probabilities in [0, 1]: {not_its}"
+        )
+    sums = probs.sum(1)
+    worst = float(sums[np.abs(sums - 1).argmax()])
+    if abs(worst - 1) > PROBS_TOLERANCE:
+        raise BadModelFileError(
+            f"{path}: its {kind}'s scores for a probe clip sum to {worst:.4g}, not 1 "
+            f"(tolerance {PROBS_TOLERANCE:g}): they are not the spec's probabilities"
+        )
 
 
 class TorchBackend(Backend):
@@ -229,6 +301,17 @@ class TorchBackend(Backend):
     def describe(self) -> str:
         layout = ", channels_last_3d" if self.channels_last else ""
         return super().describe() + layout
+
+
+ORT_PRECISION_HINTS = {
+    "bf16": "r21d exports fp32 and fp16 graphs only: for bf16 use --backend openvino "
+    "--precision bf16 (it computes an fp32 graph in bf16 on the CPU), or the torch backend on "
+    "the checkpoint (--precision bf16)",
+    "fp16": "export an fp16 graph (r21d export onnx CHECKPOINT --precision fp16), or run an fp32 "
+    "graph on a GPU with --ort-provider tensorrt --precision fp16",
+    "fp32": "export an fp32 graph (r21d export onnx CHECKPOINT, the default)",
+}
+"""What to do instead, for each precision onnxruntime cannot run a graph in."""
 
 
 class OnnxRuntimeBackend(Backend):
@@ -308,8 +391,8 @@ class OnnxRuntimeBackend(Backend):
             graph_precision = "fp16"  # the TensorRT EP builds an fp16 engine from the fp32 graph
         if precision is not None and precision != graph_precision:
             raise BackendError(
-                f"this ONNX graph computes in {graph_precision}; onnxruntime runs a graph in its "
-                f"own precision (export an {precision} graph, or use the torch backend)"
+                f"{path} is an {graph_precision} graph and onnxruntime runs a graph in its own "
+                f"precision; {ORT_PRECISION_HINTS[precision]}"
             )
         self.precision = graph_precision
         inputs = session.get_inputs()
@@ -394,9 +477,15 @@ class TensorRTBackend(Backend):
         self.device = device
         self.precision = record.get("precision", "fp32")
         if precision is not None and precision != self.precision:
+            instead = (
+                "r21d builds fp32 and fp16 engines only: for bf16 use the torch backend on the "
+                "checkpoint (--precision bf16)"
+                if precision == "bf16"
+                else f"build an {precision} engine (r21d export trt --precision {precision})"
+            )
             raise BackendError(
-                f"this engine was built for {self.precision}; a TensorRT engine runs in the "
-                f"precision it was built with (build an {precision} engine)"
+                f"{path} was built for {self.precision} and a TensorRT engine runs in the "
+                f"precision it was built with; {instead}"
             )
         self._torch = torch
         self._trt = trt
@@ -418,6 +507,12 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if n not in inputs]
         if not {"probs", "features"} <= set(self._outputs):
             raise BackendError(f"{path}: expected outputs 'probs', 'features', got {names}")
+        classes = engine.get_tensor_shape("probs")[-1]  # -1 where the engine leaves it open
+        if classes not in (-1, self.spec.num_classes):
+            raise BadModelFileError(
+                f"{path}: its engine outputs {classes} scores per clip but its r21d spec has "
+                f"{spec_classes(self.spec)}: the record does not belong to this engine"
+            )
         low, opt, high = engine.get_tensor_profile_shape(self._input, 0)
         self.max_batch = int(high[0])
         self.fixed_batch = int(high[0]) if low[0] == high[0] else None

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r21d.errors import BadModelFileError, InputNotFoundError
+from r21d.errors import BadModelFileError, BadOptionError, InputNotFoundError
 from r21d.spec import SPEC_KEY, ModelSpec, SpecError
 
 INPUT_KEY = "r21d.input"
@@ -30,16 +30,39 @@ SUFFIX_KINDS = {
     ".plan": "tensorrt",
 }
 """What each artefact suffix holds."""
+EXPECTED_FILES = "a .safetensors checkpoint, an .onnx model or a .engine/.plan TensorRT engine"
+FOREIGN_SUFFIXES = (".pth", ".pt", ".pkl", ".ckpt", ".bin")
+"""Suffixes of foreign weight files, which ``r21d convert`` imports."""
+
+
+def existing_file(path: str | Path) -> Path:
+    """``path`` as an existing model file; a missing path or a folder is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadOptionError(f"{path} is a folder, not a model file (expected {EXPECTED_FILES})")
+    if not path.exists():
+        raise InputNotFoundError(f"model file {path} not found")
+    return path
 
 
 def artefact_kind(path: str | Path) -> str:
     """``checkpoint``, ``onnx`` or ``tensorrt`` from the file's suffix; a clear error otherwise."""
-    kind = SUFFIX_KINDS.get(Path(path).suffix.lower())
+    path = Path(path)
+    kind = SUFFIX_KINDS.get(path.suffix.lower())
     if kind is None:
-        raise BadModelFileError(
-            f"cannot tell what {Path(path).name!r} is: expected {', '.join(SUFFIX_KINDS)}"
+        hint = (
+            ": foreign weights, import them with `r21d convert` first"
+            if path.suffix.lower() in FOREIGN_SUFFIXES
+            else ""
         )
+        raise BadModelFileError(f"cannot tell what {path} is: expected {EXPECTED_FILES}{hint}")
     return kind
+
+
+def model_file(path: str | Path) -> tuple[Path, str]:
+    """An existing artefact and its kind (:func:`existing_file`, then :func:`artefact_kind`)."""
+    path = existing_file(path)
+    return path, artefact_kind(path)
 
 
 def read_spec(path: str | Path) -> ModelSpec:
@@ -112,7 +135,7 @@ def load_onnx_info(path: str | Path) -> OnnxInfo:
     except json.JSONDecodeError:
         raise OnnxModelError(f"{path}: {PARITY_KEY} metadata is not JSON") from None
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return OnnxInfo(
+    info = OnnxInfo(
         spec=spec,
         input_format=input_format,
         precision=precision,
@@ -121,6 +144,36 @@ def load_onnx_info(path: str | Path) -> OnnxInfo:
         outputs=[_value_info(v) for v in proto.graph.output],
         parity=parity,
     )
+    check_graph_matches_spec(info, path)
+    return info
+
+
+def check_graph_matches_spec(info: OnnxInfo, path: str | Path) -> None:
+    """Refuse a graph whose declared input or class dimension is not what its r21d metadata
+    says (metadata copied from another export): a :class:`OnnxModelError` naming both."""
+    wrong = "the metadata does not belong to this graph"
+    if len(info.inputs) == 1:
+        dtype = info.inputs[0]["dtype"]
+        if (dtype == "uint8") != (info.input_format == "uint8"):
+            raise OnnxModelError(
+                f"{path}: its graph takes {dtype} input but its {INPUT_KEY} metadata says "
+                f"{info.input_format}: {wrong}"
+            )
+    probs = next((o for o in info.outputs if o["name"] == "probs"), None)
+    if probs is None:
+        names = [o["name"] for o in info.outputs]
+        raise OnnxModelError(f"{path}: its graph has no 'probs' output (outputs {names})")
+    classes = probs["shape"][-1] if len(probs["shape"]) == 2 else None
+    if isinstance(classes, int) and classes not in (0, info.spec.num_classes):
+        raise OnnxModelError(
+            f"{path}: its graph outputs {classes} scores per clip but its r21d spec has "
+            f"{spec_classes(info.spec)}: {wrong}"
+        )
+
+
+def spec_classes(spec: ModelSpec) -> str:
+    """``5 labels`` (or ``5 classes`` for a spec without class names), for messages."""
+    return f"{spec.num_classes} {'labels' if spec.labels else 'classes'}"
 
 
 def describe_onnx(path: str | Path) -> dict:

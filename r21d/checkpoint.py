@@ -14,9 +14,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from r21d.errors import BadModelFileError, InputNotFoundError
+from r21d.artefacts import existing_file
+from r21d.errors import BadModelFileError
 from r21d.models import build_model
-from r21d.spec import SPEC_KEY, ModelSpec
+from r21d.outputs import atomic_file
+from r21d.spec import SPEC_KEY, ModelSpec, SpecError
 
 
 class CheckpointError(BadModelFileError):
@@ -37,12 +39,12 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
-    """Write ``model``'s weights and ``spec`` to ``path`` atomically (temp file + rename)."""
+    """Write ``model``'s weights and ``spec`` to ``path`` atomically (a temporary file beside
+    it, renamed; removed if the write fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(model_tensors(model), str(tmp), metadata={SPEC_KEY: spec.to_json()})
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(model_tensors(model), str(tmp), metadata={SPEC_KEY: spec.to_json()})
     return path
 
 
@@ -90,13 +92,15 @@ def _describe(missing: list[str], unexpected: list[str], wrong: list[str]) -> st
 
 
 def _open(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"checkpoint {path} not found")
+    path = existing_file(path)
     try:
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a safetensors checkpoint (corrupted, truncated or another format: "
+            f"{reason})"
+        ) from None
 
 
 def _spec_of(f, path: str | Path) -> ModelSpec:
@@ -106,4 +110,7 @@ def _spec_of(f, path: str | Path) -> ModelSpec:
             f"{path}: safetensors file has no {SPEC_KEY!r} metadata; import foreign weights with "
             "`r21d convert` first"
         )
-    return ModelSpec.from_json(metadata[SPEC_KEY])
+    try:
+        return ModelSpec.from_json(metadata[SPEC_KEY])
+    except SpecError as e:
+        raise CheckpointError(f"{path}: bad {SPEC_KEY} metadata: {e}") from None

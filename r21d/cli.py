@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, R21dError
+from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, BadOptionError, R21dError
 
 COMMAND_GROUP = "r21d.commands"
 """Entry-point group of the subcommand registrars (``name = "module:register"``)."""
+EXIT_PIPE_CLOSED = 128 + 13
+"""Exit code when the reader of stdout went away (``r21d info X | head -1``): 128 + SIGPIPE,
+what a shell reports for a command killed by SIGPIPE."""
 
 
 def _convert(args: argparse.Namespace) -> int:
     from r21d.checkpoint import save_checkpoint
     from r21d.importers import convert
+    from r21d.outputs import output_file
 
+    output = output_file(args.output, "-o")  # before minutes of importing
+    if output.suffix != ".safetensors":
+        raise BadOptionError(f"-o {output}: an r21d checkpoint is a .safetensors file")
     model, spec = convert(
         args.src, args.source_format, args.arch, args.clip_len, args.labels, args.label_map
     )
-    out = save_checkpoint(model, spec, args.output)
+    out = save_checkpoint(model, spec, output)
     print(
         f"imported {args.src} ({args.source_format}) as {spec.name}, {spec.num_classes} classes, "
         f"clip {spec.clip_len} -> {out}"
@@ -56,16 +65,12 @@ def describe_checkpoint(path: Path) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    if not path.exists():
-        raise InputNotFoundError(f"{path} not found")
-    if path.suffix == ".onnx":
-        from r21d.artefacts import describe_onnx
+    from r21d.artefacts import describe_engine, describe_onnx, model_file
 
+    path, kind = model_file(args.file)
+    if kind == "onnx":
         info = describe_onnx(path)
-    elif path.suffix in (".engine", ".plan"):
-        from r21d.artefacts import describe_engine
-
+    elif kind == "tensorrt":
         info = describe_engine(path)
     else:
         info = describe_checkpoint(path)
@@ -130,18 +135,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an in-memory stream, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: an :class:`~r21d.errors.R21dError` prints one line and exits with its
-    code (see :mod:`r21d.errors`); anything else is a bug and keeps its traceback."""
+    code (see :mod:`r21d.errors`); anything else is a bug and keeps its traceback.
+
+    A closed output pipe (``r21d info X | head -1``) is one line and :data:`EXIT_PIPE_CLOSED`;
+    stdout then points at ``os.devnull`` so the interpreter's final flush cannot fail again.
+    """
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or EXIT_OK
+        code = args.func(args) or EXIT_OK
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except R21dError as e:
         print(f"r21d {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe (a worker's): a bug, with its traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"r21d {args.command}: error: output pipe closed", file=sys.stderr)
+        return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

@@ -68,8 +68,10 @@ def test_precisions_a_backend_cannot_run_are_refused(models):
     checkpoint, onnx_path = models
     with pytest.raises(BackendError, match="fp16 needs a CUDA device"):
         open_backend(checkpoint, precision="fp16")
-    with pytest.raises(BackendError, match="computes in fp32"):
+    with pytest.raises(BackendError, match=r"is an fp32 graph.*export an fp16 graph"):
         open_backend(onnx_path, precision="fp16")
+    with pytest.raises(BackendError, match=r"--backend openvino --precision bf16.*torch backend"):
+        open_backend(onnx_path, precision="bf16")
 
 
 def test_bf16_and_channels_last_stay_close_to_fp32(models):
