@@ -42,11 +42,16 @@ def sample_videos(cache_dir: Path | None = None) -> Path:
 def _demo(args: argparse.Namespace) -> int:
     from r21d.cli import main
 
+    score_args = args.score_args
+    if args.videos and args.videos.startswith("-"):
+        # `r21d demo -- --clips 2`: argparse hands the first score option to the optional
+        # VIDEOS positional; it belongs with the rest (a folder named -x is ./-x)
+        score_args, args.videos = [args.videos, *score_args], None
     model = args.model or str(hub.fetch(DEFAULT_MODEL, args.cache_dir))
     videos = args.videos or str(sample_videos(args.cache_dir))
     print(f"scoring {videos} with {model}", file=sys.stderr)
     argv = ["score", videos, "--model", model, "-o", args.output, "--print"]
-    return main(argv + (["--overwrite"] if args.overwrite else []) + args.score_args)
+    return main(argv + (["--overwrite"] if args.overwrite else []) + score_args)
 
 
 def register(subparsers) -> None:
@@ -62,6 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", type=Path, help="download cache (default $R21D_CACHE)")
     p.add_argument("--overwrite", action="store_true", help="re-score videos already recorded")
     p.add_argument(
-        "score_args", nargs=argparse.REMAINDER, help="after --: more `r21d score` options"
+        "score_args",
+        nargs=argparse.REMAINDER,
+        help="last, after --: more `r21d score` options (r21d demo [VIDEOS] -- --clips 2)",
     )
     p.set_defaults(func=_demo)
