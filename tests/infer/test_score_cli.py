@@ -34,7 +34,8 @@ def _video(path: Path, frames: int = 32, seed: int = 0) -> str:
 
 
 def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """JSON Lines: LF ends a record (``splitlines`` would also split at U+2028 in a name)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")[:-1]]
 
 
 def test_score_a_folder_to_jsonl(checkpoint, tmp_path, capsys):
@@ -182,3 +183,136 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_videos(checkpoin
     paths = [r["path"] for r in _records(out)]
     assert sorted(paths) == sorted(videos)  # every video exactly once
     assert paths[: len(done)] == [r["path"] for r in done]  # earlier records kept as they were
+
+
+ODD_NAME = b'caf\xe9, "quoted"\nline\rend\xe2\x80\xa8.mp4'
+"""A file name with a byte that is not UTF-8, a comma, quotes, LF, CR and U+2028."""
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_any_file_name_round_trips_through_the_records(checkpoint, tmp_path, suffix, capsys):
+    folder = tmp_path / "in"
+    odd = _video(Path(os.fsdecode(os.fsencode(folder) + b"/" + ODD_NAME)))
+    plain = _video(folder / "plain.mp4", seed=1)
+    out = tmp_path / f"r{suffix}"
+    args = ["score", str(folder), "--model", str(checkpoint), "-o", str(out), "--clips", "1"]
+    assert main([*args, "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "caf\\udce9" in printed and "\\n" in printed  # shown escaped, one line each
+
+    if suffix == ".jsonl":
+        data = out.read_bytes()
+        data.decode("utf-8")  # valid UTF-8 whatever the names hold
+        records = [json.loads(line) for line in data.split(b"\n")[:-1]]
+    else:
+        with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            records = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in records) == sorted([odd, plain])
+    assert {os.fsencode(r["path"]) for r in records} >= {os.fsencode(folder) + b"/" + ODD_NAME}
+    assert all(r["status"] == "ok" for r in records)
+
+    assert main([*args, "--workers", "0"]) == 0  # resumed: both skipped, nothing rescored
+    assert "skipped 2" in capsys.readouterr().err
+    assert out.read_bytes().count(b"tiny.safetensors") == 2
+
+
+def test_extract_names_feature_files_of_any_video_name(checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    odd = _video(Path(os.fsdecode(os.fsencode(folder) + b"/" + ODD_NAME)))
+    long = _video(folder / ("x" * 250 + ".mp4"), seed=1)  # a feature name must stay < 256 bytes
+    out = tmp_path / "features"
+    args = ["extract", str(folder), "--model", str(checkpoint), "-o", str(out)]
+    assert main([*args, "--clips", "1", "--workers", "0"]) == 0
+    index = {r["path"]: r for r in _records(out / "index.jsonl")}
+    assert sorted(index) == sorted([odd, long])
+    for record in index.values():
+        assert record["file"].isprintable() and (out / record["file"]).is_file()
+
+
+def test_a_parquet_output_refuses_names_that_are_not_utf8(checkpoint, tmp_path, capsys):
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (r21d[ray])")
+    odd = _video(Path(os.fsdecode(os.fsencode(tmp_path) + b"/" + ODD_NAME)))
+    out = tmp_path / "r.parquet"
+    assert main(["score", odd, "--model", str(checkpoint), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"-o {out}: Parquet holds only UTF-8" in err
+    assert "caf\\udce9" in err and not list(out.glob("part-*"))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--clips", "0"], "--clips (num_clips) must be >= 1, got 0"),
+        (["--full-frame", "--crops", "3"], "--full-frame scores the whole frame as one view: "),
+        (["--top-k", "0"], "--top-k must be >= 1, got 0"),
+    ],
+)
+def test_bad_options_name_the_flag_before_the_model_is_opened(tmp_path, flags, message, capsys):
+    video = _video(tmp_path / "v.mp4")
+    missing = str(tmp_path / "no-model.safetensors")  # opened last: never reached
+    rc = main(["score", video, "--model", missing, "-o", str(tmp_path / "r.jsonl"), *flags])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"r21d score: error: {message}"), err
+    assert err.count("\n") == 1 and "no-model" not in err
+
+
+def test_top_k_beyond_the_class_count_is_refused_in_one_short_line(checkpoint, tmp_path, capsys):
+    video = _video(tmp_path / "v.mp4")
+    out = tmp_path / "r.csv"
+    assert (
+        main(["score", video, "--model", str(checkpoint), "-o", str(out), "--top-k", "100000"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err == (
+        "r21d score: error: --top-k 100000: tiny.safetensors has 5 classes; give --top-k 5 or "
+        "less\n"
+    )
+    assert not out.exists() or out.stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    "command, output, message",
+    [
+        ("score", "{tmp}", "-o {tmp} is a folder; give a file name"),
+        ("score", "/dev/null", "-o /dev/null is a device, not a regular file"),
+        ("score", "/dev/full", "-o /dev/full is a device, not a regular file"),
+        ("score", "/proc/nope/x.jsonl", "-o /proc/nope/x.jsonl: cannot create the folder"),
+        ("score", "{tmp}/v.mp4/r.parquet", "-o {tmp}/v.mp4/r.parquet: cannot create the folder"),
+        ("extract", "{tmp}/v.mp4", "-o {tmp}/v.mp4 exists and is not a folder"),
+        ("extract", "/proc/nope", "-o /proc/nope: cannot create the folder"),
+        ("timeline", "{tmp}", "-o {tmp} is a folder; give a file name"),
+        ("timeline", "/dev/full", "-o /dev/full is a device"),
+        ("stream", "/dev/null", "-o /dev/null is a device"),
+    ],
+)
+def test_bad_output_paths_are_refused_before_any_work(tmp_path, command, output, message, capsys):
+    video = _video(tmp_path / "v.mp4")
+    missing = str(tmp_path / "no-model.safetensors")  # opened after the check: never reached
+    output = output.format(tmp=tmp_path)
+    assert main([command, video, "--model", missing, "-o", output]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"r21d {command}: error: {message.format(tmp=tmp_path)}"), err
+    assert err.count("\n") == 1 and "no-model" not in err
+
+
+def test_timeline_checks_its_segments_and_plot_paths_too(tmp_path, capsys):
+    video = _video(tmp_path / "v.mp4")
+    (tmp_path / "folder.png").mkdir()
+    base = ["timeline", video, "--model", str(tmp_path / "none.safetensors")]
+    base += ["-o", str(tmp_path / "t.jsonl")]
+    assert main([*base, "--segments", "/dev/full"]) == 2
+    assert "error: --segments /dev/full is a device" in capsys.readouterr().err
+    assert main([*base, "--plot", str(tmp_path / "folder.png")]) == 2
+    assert f"error: --plot {tmp_path / 'folder.png'} is a folder" in capsys.readouterr().err
+    assert main([*base[:-1], str(tmp_path / "folder.jsonl")]) == 2  # the default plot's path
+    assert f"-o (its .png plot) {tmp_path / 'folder.png'} is a folder" in capsys.readouterr().err
+
+
+def test_dev_null_in_a_real_process_is_one_line_without_a_traceback(checkpoint, tmp_path):
+    video = _video(tmp_path / "v.mp4")
+    command = [sys.executable, "-m", "r21d", "score", video, "-m", str(checkpoint),
+               "-o", "/dev/null", "--clips", "1"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "r21d score: error: -o /dev/null is a device, not a regular file\n"
