@@ -31,7 +31,7 @@ from r21d.errors import BadOptionError
 @dataclass
 class ParitySettings:
     device: str = "cpu"
-    num_clips: int = 10
+    num_clips: int | None = None  # None: the model's own test protocol (clips x crops)
     batch_size: int = 4
     variants: list[Variant] = field(default_factory=list)
     reference_device: str | None = None  # where torch fp32 runs (default: ``device``)
@@ -40,7 +40,7 @@ class ParitySettings:
         return {
             "device": self.device,
             "reference": f"torch:fp32 on {self.reference_device or self.device}",
-            "num_clips": self.num_clips,
+            "views": f"{self.num_clips} clips" if self.num_clips else "the model's protocol",
             "batch_size": self.batch_size,
             "variants": ", ".join(v.label for v in self.variants),
         }
@@ -85,8 +85,12 @@ def run_parity_bench(model: BenchModel, videos: list[Path], settings: ParitySett
     unusable = []
     for video in videos:
         try:
+            spec = reference.spec
             clips[Path(video).name] = decode_for_spec(
-                video, reference.spec, num_clips=settings.num_clips
+                video,
+                spec,
+                num_clips=settings.num_clips or spec.num_clips,
+                crops=1 if settings.num_clips else spec.num_crops,
             ).clips
         except VideoError as e:
             unusable.append({"video": Path(video).name, "reason": str(e)})
