@@ -26,7 +26,17 @@ def test_round_trip_gives_identical_outputs(tmp_path, tiny_spec):
     x = torch.randn(2, 3, 8, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, tiny_spec):
+    """The rename onto a folder fails: the folder is untouched and the temporary is gone."""
+    target = tmp_path / "m.safetensors"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError):
+        save_checkpoint(build_model(tiny_spec), tiny_spec, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert target.is_dir() and not any(target.iterdir())
 
 
 def test_file_without_spec_is_refused(tmp_path):

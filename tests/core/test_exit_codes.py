@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -156,3 +157,40 @@ def test_the_command_prints_a_bugs_traceback(tmp_path):
     )
     assert run.returncode == 1
     assert "Traceback (most recent call last)" in run.stderr and "KeyError: 'a bug'" in run.stderr
+
+
+def _with_stdout_closed(argv, cwd) -> subprocess.CompletedProcess:
+    """Run ``r21d ARGV`` in a real process whose stdout pipe has no reader (``| head -1``
+    after head exited): every write to stdout fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "r21d", *map(str, argv)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("command", ["info", "download", "score"])
+def test_a_closed_output_pipe_is_one_line_and_exit_141(command, checkpoint, tmp_path):
+    argv = {
+        "info": ["info", checkpoint],
+        "download": ["download", "--list", "--cache-dir", tmp_path / "cache"],
+        "score": ["score", tmp_path / "v.mp4", "-m", checkpoint, "-o", tmp_path / "r.jsonl"],
+    }[command]
+    if command == "score":
+        write_video(tmp_path / "v.mp4", 16, size=(160, 120))
+        argv += ["--clips", "1", "--workers", "1"]
+    run = _with_stdout_closed(argv, tmp_path)
+    assert run.returncode == 141  # 128 + SIGPIPE, as a shell reports `... | head -1`
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert errors == [f"r21d {command}: error: output pipe closed"]
+    if command != "score":  # score also reports its progress on stderr
+        assert run.stderr == errors[0] + "\n"

@@ -51,6 +51,7 @@ def _spec_less(path):
         ("empty", "not a readable ONNX model"),
         ("spec_less", "has no 'r21d.spec' metadata: it was not exported by r21d"),
         ("bad_spec", "bad r21d.spec metadata: unknown arch"),
+        ("wrong_input", "its graph takes uint8 input but its r21d.input metadata says float"),
     ],
 )
 def test_broken_files_fail_clearly(kind, message, tiny_onnx, tmp_path, capsys):
@@ -69,8 +70,10 @@ def test_broken_files_fail_clearly(kind, message, tiny_onnx, tmp_path, capsys):
     else:
         proto = onnx.load_from_string(good)
         for prop in proto.metadata_props:
-            if prop.key == "r21d.spec":
+            if prop.key == "r21d.spec" and kind == "bad_spec":
                 prop.value = prop.value.replace('"r2plus1d"', '"resnet"')
+            if prop.key == "r21d.input" and kind == "wrong_input":
+                prop.value = "float"
         onnx.save(proto, str(path))
 
     with pytest.raises(OnnxModelError, match=message):
@@ -84,3 +87,26 @@ def test_broken_files_fail_clearly(kind, message, tiny_onnx, tmp_path, capsys):
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
         load_onnx_spec("/nonexistent/model.onnx")
+
+
+def test_info_refuses_a_graph_carrying_another_exports_metadata(tiny_onnx, tmp_path, capsys):
+    """Metadata (spec and a 'validated' parity record) copied from the validated tiny export
+    onto a 7-class graph: r21d info must not call it validated, and says why."""
+    from r21d.export.onnx import export_onnx
+    from r21d.models import build_model, create_spec
+
+    spec = create_spec("r2plus1d_18", 7, 8, width=0.125)
+    other = export_onnx((build_model(spec), spec), tmp_path / "seven.onnx", validate=False)
+    proto = onnx.load(str(other.path))
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(onnx.load(str(tiny_onnx[0])).metadata_props)
+    grafted = tmp_path / "grafted.onnx"
+    onnx.save(proto, str(grafted))
+    assert describe_onnx(tiny_onnx[0])["validated"] is True  # what the copied record claims
+    assert main(["info", str(grafted)]) == 3
+    captured = capsys.readouterr()
+    assert "validated" not in captured.out and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.strip() == (
+        f"r21d info: error: {grafted}: its graph outputs 7 scores per clip but its r21d spec "
+        "has 5 labels: the metadata does not belong to this graph"
+    )
