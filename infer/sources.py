@@ -44,7 +44,8 @@ class Found:
 def find_videos(inputs: list[str], list_files: list[str] = ()) -> Found:
     """Absolute video paths from folders, files and ``@list`` files, deduplicated, in order.
 
-    Folders are searched recursively (links to folders followed, each folder once) for
+    Folders are searched recursively (links to folders followed, each folder once, by its
+    real path where the scan reaches it both ways) for
     :data:`VIDEO_SUFFIXES` (any case), sorted, hidden files and folders (``.name``, e.g.
     macOS ``._clip.mp4``) left out; files named directly are taken whatever their suffix.
     Entries that cannot be read are problems (see :class:`Found`): a link that cannot be
@@ -89,15 +90,20 @@ def _expand(path: Path, found: Found) -> None:
     if not path.is_dir():
         found.add(os.path.abspath(path))
         return
-    scanned = Found()
-    _walk(os.path.abspath(path), scanned, set())
+    scanned, seen = Found(), set()
+    links = [(os.path.abspath(path), ())]
+    while links:  # the real folders first, then those reached through links, level by level
+        walk, links = links, []
+        for folder, parents in walk:
+            _walk(folder, scanned, seen, parents, links)
     for entry in sorted(scanned.paths):
         found.add(entry, scanned.problems.get(entry))
 
 
-def _walk(folder: str, found: Found, seen: set[tuple[int, int]], parents: tuple = ()) -> None:
-    """Add the videos and problems under ``folder``; ``seen`` holds the folders walked (by
-    device and inode), ``parents`` those enclosing this one."""
+def _walk(folder: str, found: Found, seen: set, parents: tuple, links: list) -> None:
+    """Add the videos and problems under ``folder``, not following links to folders but
+    adding them to ``links``; ``seen`` holds the folders walked (by device and inode),
+    ``parents`` those enclosing this one."""
     info = os.stat(folder)
     key = (info.st_dev, info.st_ino)
     if key in parents:
@@ -122,8 +128,10 @@ def _walk(folder: str, found: Found, seen: set[tuple[int, int]], parents: tuple 
             if problem and (not suffix or suffix in VIDEO_SUFFIXES):  # could be a video
                 found.add(entry.path, problem)
             continue
-        if stat.S_ISDIR(mode):
-            _walk(entry.path, found, seen, (*parents, key))
+        if stat.S_ISDIR(mode) and entry.is_symlink():
+            links.append((entry.path, (*parents, key)))
+        elif stat.S_ISDIR(mode):
+            _walk(entry.path, found, seen, (*parents, key), links)
         elif stat.S_ISREG(mode) and suffix in VIDEO_SUFFIXES:
             found.add(entry.path)
 
