@@ -225,3 +225,18 @@ def test_scans_record_link_loops_and_dangling_links_as_failures(checkpoint, tmp_
 
     assert main([*args, "--workers", "0", "--retry-errors"]) == 1  # still broken: recorded again
     assert sorted(r["path"] for r in _records(out)) == sorted(records)
+
+
+def test_extract_retry_errors_writes_the_features_once(checkpoint, tmp_path):
+    broken = tmp_path / "in" / "broken.mp4"
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    out = tmp_path / "features"
+    args = ["extract", str(broken.parent), "-m", str(checkpoint), "-o", str(out)]
+    args += ["--clips", "1", "--workers", "0"]
+    assert main(args) == 1
+    assert [r["file"] for r in _records(out / "index.jsonl")] == [None]
+    _video(broken)
+    assert main([*args, "--retry-errors"]) == 0
+    (record,) = _records(out / "index.jsonl")
+    assert record["status"] == "ok" and (out / record["file"]).is_file()
