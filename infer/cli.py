@@ -250,10 +250,11 @@ def _run(found, backend, options, runtime, out, output: str, handle, retried: in
     skipped = len(found.paths) - len(todo)
     wanted = set(found.paths)
     earlier = sum(r.get("status") == "error" and r["path"] in wanted for r in out.records)
-    notes = f" ({earlier} of them errors: --retry-errors scores them again)" if earlier else ""
-    notes += f"; {retried} of them earlier errors, their records removed" if retried else ""
+    again = f" ({retried} of them earlier errors, scored again)" if retried else ""
+    left = f" ({earlier} of them errors: --retry-errors scores them again)" if earlier else ""
     print(
-        f"{backend.describe()}\n{len(todo)} videos to score, {skipped} already in {output}{notes}",
+        f"{backend.describe()}\n{len(todo)} videos to score{again}, {skipped} already in "
+        f"{output}{left}",
         file=sys.stderr,
     )
     progress = _Progress(len(todo), skipped, output, earlier)

@@ -163,7 +163,9 @@ def test_retry_errors_scores_the_failed_videos_again_once_each(checkpoint, tmp_p
     by_path = {r["path"]: r for r in after}
     assert by_path[str(broken)]["status"] == "ok"
     assert by_path[good] == before[good]  # not scored again
-    assert "1 of them earlier errors, their records removed" in capsys.readouterr().err
+    assert "1 videos to score (1 of them earlier errors, scored again), 1 already" in (
+        capsys.readouterr().err
+    )
 
 
 def test_retry_errors_keeps_the_errors_of_videos_not_in_this_run(checkpoint, tmp_path):
