@@ -28,6 +28,7 @@ valid UTF-8 and ``json.loads`` gives back the very ``str`` (``os.fsencode`` of i
 CSV holds the name's own bytes (read it with ``errors="surrogateescape"``); Parquet, whose
 strings must be UTF-8, cannot hold such a name (``r21d score`` refuses it up front).
 :meth:`RecordFile.remove` drops records (``--retry-errors``) by rewriting the file atomically.
+Which model and options wrote an output is kept beside it (:mod:`r21d.infer.run_identity`).
 """
 
 from __future__ import annotations
