@@ -217,7 +217,7 @@ class _Progress:
             f"{end}: scored {self.scored}, failed {self.failed}, skipped {self.skipped} "
             f"(already in {self.output}) in {seconds:.1f} s ({rate})"
         ]
-        lines += [f"  failed: {shown(path)}: {error}" for path, error in self.failures]
+        lines += [f"  failed: {shown(path)}: {shown(error)}" for path, error in self.failures]
         if self.failed:
             more = self.failed - len(self.failures)
             lines.append(
@@ -330,7 +330,7 @@ def score_command(args: argparse.Namespace) -> int:
 
 def _format_result(result, spec) -> str:
     if not result.ok:
-        return f"{shown(result.path)}: error: {' '.join(str(result.error).split())}"
+        return f"{shown(result.path)}: error: {shown(' '.join(str(result.error).split()))}"
     top = ", ".join(f"{label} {p:.3f}" for _, label, p in result.top_k(spec, 5))
     short = " (short video, frames repeated)" if result.short else ""
     return f"{shown(result.path)}: {top}{short}"

@@ -17,6 +17,7 @@ from synthetic import write_video
 
 from r21d.checkpoint import save_checkpoint
 from r21d.cli import main
+from r21d.infer.cli import shown
 from r21d.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,6 +215,19 @@ def test_any_file_name_round_trips_through_the_records(checkpoint, tmp_path, suf
     assert main([*args, "--workers", "0"]) == 0  # resumed: both skipped, nothing rescored
     assert "skipped 2" in capsys.readouterr().err
     assert out.read_bytes().count(b"tiny.safetensors") == 2
+
+
+def test_a_broken_video_of_any_name_is_printed_escaped_and_recorded(checkpoint, tmp_path, capsys):
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/" + ODD_NAME)
+    Path(odd).write_bytes(b"")
+    out = tmp_path / "r.jsonl"
+    assert main(["score", odd, "--model", str(checkpoint), "-o", str(out), "--workers", "0"]) == 1
+    captured = capsys.readouterr()
+    escaped = shown(odd)
+    assert f"{escaped}: error: " in captured.out and "\n" not in captured.out[:-1]
+    assert f"  failed: {escaped}: " in captured.err
+    (record,) = _records(out)
+    assert record["path"] == odd and record["status"] == "error" and record["error"]
 
 
 def test_extract_names_feature_files_of_any_video_name(checkpoint, tmp_path):
