@@ -96,9 +96,7 @@ class OnnxInfo:
 
 def load_onnx_info(path: str | Path) -> OnnxInfo:
     """Parse ``path`` (weights included, to catch truncation) and read the r21d metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"{path} not found")
+    path = existing_file(path)
     import onnx
 
     try:
@@ -244,9 +242,7 @@ class EngineError(BadModelFileError):
 def read_engine_record(engine_path: str | Path, verify: bool = True) -> dict:
     """The JSON record beside an engine, its spec validated (and, with ``verify``, its hash
     checked so a record left over from another build cannot describe this engine)."""
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise InputNotFoundError(f"{engine_path} not found")
+    engine_path = existing_file(engine_path)
     path = record_path(engine_path)
     if not path.is_file():
         raise EngineError(

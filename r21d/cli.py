@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         if not _stdout_reader_gone():
             raise  # another pipe (a worker's): a bug, with its traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         print(f"r21d {args.command}: error: output pipe closed", file=sys.stderr)
         return EXIT_PIPE_CLOSED
 

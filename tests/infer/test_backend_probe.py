@@ -8,6 +8,8 @@ probabilities. None of them may write a record.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import pytest
@@ -143,3 +145,27 @@ def test_good_models_pass_the_probe_on_every_cpu_backend(exports):
         backend = open_backend(exports["seven"], "openvino", "cpu", precision)
         probs = backend.run(np.full((1, 8, 112, 112, 3), 128, np.uint8))[0]
         assert abs(float(probs.sum()) - 1) <= PROBS_TOLERANCE
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
+    reason="needs tensorrt and a CUDA GPU",
+)
+def test_tensorrt_refuses_engines_whose_outputs_are_not_their_specs(exports, tmp_path):
+    from r21d.export.tensorrt import build_engine
+
+    shapes = {"min_shape": (1, 8, 112, 112), "opt_shape": (1, 8, 112, 112)}
+    shapes["max_shape"] = (2, 8, 112, 112)
+    grafted = _graft_metadata(
+        exports["seven"], exports["five"], tmp_path / "open.onnx", open_class_dim=True
+    )
+    build_engine(grafted, tmp_path / "open.engine", **shapes)
+    with pytest.raises(BadModelFileError, match="its engine outputs 7 scores per clip"):
+        open_backend(tmp_path / "open.engine")
+    build_engine(
+        _scale_probs(exports["five"], 30.0, tmp_path / "x30.onnx"),
+        tmp_path / "x30.engine",
+        **shapes,
+    )
+    with pytest.raises(BadModelFileError, match=r"not probabilities in \[0, 1\]"):
+        open_backend(tmp_path / "x30.engine")
