@@ -130,8 +130,9 @@ def check_run(path: Path, identity: dict, output: str, records: int) -> None:
     if records and stored is None:
         what = "an unreadable" if path.exists() else "no"
         raise BadOptionError(
-            f"{output} holds {records} records but {what} {path.name} saying which model and "
-            "options wrote them (an older r21d or another tool); use another -o or --overwrite"
+            f"{output} holds {records} record{'s' * (records != 1)} but {what} {path.name} "
+            "saying which model and options wrote them (an older r21d or another tool); use "
+            "another -o or --overwrite"
         )
     if records and stored != identity:
         raise BadOptionError(

@@ -85,7 +85,7 @@ def test_records_without_an_identity_are_refused(checkpoint, tmp_path, capsys):
     args = ["score", video, "-m", str(checkpoint), "-o", str(out), "--workers", "0"]
     assert main([*args, "--clips", "1"]) == 2
     err = _one_line_error(capsys)
-    assert f"{out} holds 1 records but no r.jsonl.run.json" in err and "--overwrite" in err
+    assert f"{out} holds 1 record but no r.jsonl.run.json" in err and "--overwrite" in err
     (tmp_path / "r.jsonl.run.json").write_text("{not json")
     assert main([*args, "--clips", "1"]) == 2
     assert "an unreadable r.jsonl.run.json" in _one_line_error(capsys)
