@@ -142,3 +142,18 @@ def test_convert_checks_its_output_before_importing(tiny_model, tmp_path, capsys
     assert list(folder.iterdir()) == [] and sorted(tmp_path.iterdir()) == [folder, src]
     code, err = _run([*argv, tmp_path / "model.onnx"], capsys)
     assert code == 2 and "-o" in err and ".safetensors" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a model\n", b"\x08\x07\x12\x04half"])
+def test_unreadable_onnx_files_are_one_line_exit_3_for_every_reader(
+    content, checkpoint, tmp_path, capsys
+):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    for argv in (
+        ["info", path],
+        ["score", checkpoint, "-m", path, "--workers", "0"],
+        ["score", checkpoint, "-m", path, "--backend", "openvino", "--device", "cpu"],
+    ):
+        code, err = _run(argv, capsys)
+        assert code == 3 and f"{path} " in err and "ONNX" in err, err
