@@ -159,10 +159,11 @@ SESSION_OPTIONS = ("resume", "stop_at_step")
 RESUME_MAY_CHANGE = (
     *SESSION_OPTIONS,
     *("device", "workers", "threads", "progress", "log_every", "val_every", "val_clips"),
-    *("checkpoint_every", "keep_checkpoints"),
+    *("checkpoint_every", "keep_checkpoints", "output_dir"),
 )
 """Options a ``--resume`` may set for its session: where and how fast it runs, how often it
-logs, validates and checkpoints. Every other option is the run's, fixed by its config.yaml."""
+logs, validates and checkpoints (and ``output_dir``: the run is the folder resumed, wherever
+it has been moved). Every other option is the run's, fixed by its config.yaml."""
 PATH_OPTIONS = (
     "train_manifest",
     "val_manifest",
