@@ -18,6 +18,8 @@ Exit codes (also in the README):
  7    an export whose validation failed (parity outside tolerance)
  8    videos that cannot be decoded, where they are the whole job (one video, a training set)
 130   interrupted (Ctrl-C)
+141   stdout closed by its reader (``r21d info X | head -1``): one line, no traceback
+141   stdout closed by its reader (``r21d info X | head -1``): one line, no traceback
 ====  ==========================================================================
 """
 
