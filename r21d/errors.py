@@ -19,7 +19,6 @@ Exit codes (also in the README):
  8    videos that cannot be decoded, where they are the whole job (one video, a training set)
 130   interrupted (Ctrl-C)
 141   stdout closed by its reader (``r21d info X | head -1``): one line, no traceback
-141   stdout closed by its reader (``r21d info X | head -1``): one line, no traceback
 ====  ==========================================================================
 """
 
