@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from r21d.artefacts import INPUT_FORMATS
-from r21d.export.onnx import MIN_OPSET, PRECISIONS
+from r21d.artefacts import INPUT_FORMATS, format_parity
+from r21d.export.onnx import MAX_OPSET, MIN_OPSET, PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--logits-map", action="store_true", help="also output per-position logits")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument(
+        "--opset", type=int, default=MIN_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}"
+    )
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(func=_export_onnx)
 
     p = sub.add_parser("trt", help="r21d ONNX file -> TensorRT engine (+ .json record)")
     p.add_argument("onnx", help="an .onnx file written by `r21d export onnx`")
-    p.add_argument("-o", "--output", required=True, help="output .engine file")
+    p.add_argument("-o", "--output", required=True, help="output .engine (or .plan) file")
     p.add_argument("--precision", choices=PRECISIONS, help="default: the ONNX graph's")
     for name in ("min", "opt", "max"):
         p.add_argument(f"--{name}-shape", type=parse_shape, metavar="NxTxHxW", help="profile shape")
@@ -50,17 +52,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from r21d.export.onnx import export_onnx
+    from r21d.export.onnx import ParityError, check_opset, check_output, export_onnx
 
-    report = export_onnx(
-        args.checkpoint,
-        args.output,
-        input_format=args.input_format,
-        precision=args.precision,
-        logits_map=args.logits_map,
-        validate=not args.no_validate,
-        opset=args.opset,
-    )
+    # The options the user typed are checked, and named, before minutes of export work.
+    check_opset(args.opset, "--opset")
+    check_output(args.output, "-o")
+    try:
+        report = export_onnx(
+            args.checkpoint,
+            args.output,
+            input_format=args.input_format,
+            precision=args.precision,
+            logits_map=args.logits_map,
+            validate=not args.no_validate,
+            opset=args.opset,
+        )
+    except ParityError as e:
+        print(format_parity(e.parity))  # the table that failed; the error line goes to stderr
+        raise
     print(report.table())
     print(
         f"wrote {report.path} ({report.spec.name}, {report.precision}, input "
@@ -70,8 +79,9 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _export_trt(args: argparse.Namespace) -> int:
-    from r21d.export.tensorrt import build_engine, record_path
+    from r21d.export.tensorrt import build_engine, check_outputs, record_path
 
+    check_outputs(args.output, args.timing_cache, "-o", "--timing-cache")
     record = build_engine(
         args.onnx,
         args.output,

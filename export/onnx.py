@@ -5,8 +5,12 @@
 for ``fixed_input`` ViTs; BatchNorm folded into the convs by the exporter's optimiser), then
 checks the file the way Hugging Face Optimum does: onnxruntime and the torch model run the same
 random inputs at several shapes, and a parity table (max abs difference of the probabilities,
-top-1 agreement) is printed, stored in the file and enforced. A file that fails is deleted,
-never left behind.
+top-1 agreement) is printed, stored in the file and enforced.
+
+The output path, the opset and the file size are checked before any work; the file is written
+under a temporary name beside the output (:func:`r21d.outputs.atomic_file`) and renamed only
+once validated, so a failure or Ctrl-C leaves nothing behind. The graph is serialised once:
+the spec goes in before the write, the parity record is appended after validation.
 
 Metadata written to ``metadata_props``: ``r21d.spec`` (the spec, head ``fully_conv``),
 ``r21d.input`` (``uint8`` or ``float``), ``r21d.precision`` (``fp32`` or ``fp16``),
@@ -18,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +34,9 @@ from tqdm import tqdm
 
 from r21d.artefacts import INPUT_KEY, PARITY_KEY, PRECISION_KEY, format_parity
 from r21d.artefacts import ONNX_PRECISIONS as PRECISIONS
-from r21d.errors import BadOptionError, ValidationError
+from r21d.errors import BadOptionError, RuntimeUnavailableError, ValidationError
 from r21d.models.heads import INPUT_FORMATS, FullyConvolutional, min_spatial_size
+from r21d.outputs import atomic_file, output_file
 from r21d.spec import SPEC_KEY, ModelSpec
 
 INPUT_NAMES = {"uint8": "frames", "float": "clips"}
@@ -42,10 +46,21 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 fp16 keeps 11 significant bits: a full-size R(2+1)D-18 with peaky (random) logits measured
 up to 3e-2 on onnxruntime CPU, so fp16 is a precision mode to report, not a free lunch."""
 MIN_OPSET = 18
+MAX_OPSET = 25
+"""Opsets written: the dynamo exporter emits 18 and onnxscript's version converter (0.7)
+converts it up to 25; each was exported and validated in onnxruntime 1.32."""
+MAX_FILE_BYTES = 2**31 - 2**24
+"""Weights beyond this do not fit one ONNX file (protobuf's 2 GiB limit, less room for the
+graph): such a model is refused before any work rather than split into side files."""
 
 
 class ParityError(ValidationError):
-    """The exported graph does not reproduce the torch model within tolerance."""
+    """The exported graph does not reproduce the torch model within tolerance; ``parity`` is
+    the table that shows it."""
+
+    def __init__(self, message: str, parity: dict):
+        super().__init__(message)
+        self.parity = parity
 
 
 @dataclass
@@ -65,18 +80,38 @@ class ExportReport:
 
 
 def default_parity_shapes(spec: ModelSpec) -> list[tuple[int, int, int, int]]:
-    """(N, T, H, W) validation shapes: one clip at the crop size, the full resized frame with
-    twice the frames, and four times the frames at the crop size.
+    """(N, T, H, W) validation shapes: one clip at the crop size, and three clips of the full
+    resized frame with twice the frames.
 
-    For an 8-frame R(2+1)D: (1, 8, 112, 112), (3, 16, 128, 171), (2, 32, 112, 112).
+    For an 8-frame R(2+1)D: (1, 8, 112, 112), (3, 16, 128, 171). Every dynamic dim takes two
+    values (batch, length, a square and a non-square frame), and the first shape has a
+    smaller batch and length than the example the graph is traced with (:func:`_torch_export`).
     A ``fixed_input`` model (a ViT) takes one clip shape: batches of 1 and 3 of it.
     """
     if spec.fixed_input:
         return [(n, spec.clip_len, spec.crop_size, spec.crop_size) for n in (1, 3)]
     crop = max(spec.crop_size, min_spatial_size(spec))
     frame_h, frame_w = (max(s, crop) for s in spec.typical_frame())
-    clip = spec.clip_len
-    return [(1, clip, crop, crop), (3, 2 * clip, frame_h, frame_w), (2, 4 * clip, crop, crop)]
+    return [(1, spec.clip_len, crop, crop), (3, 2 * spec.clip_len, frame_h, frame_w)]
+
+
+def check_opset(opset: int, name: str = "opset") -> int:
+    """``opset`` if r21d can write it (:data:`MIN_OPSET` to :data:`MAX_OPSET`), else a
+    :class:`BadOptionError` naming ``name`` (the CLI passes ``--opset``)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise BadOptionError(
+            f"{name} {opset} is not supported: r21d writes ONNX opsets {MIN_OPSET} to {MAX_OPSET}"
+        )
+    return opset
+
+
+def check_output(path: str | Path, flag: str = "out_path") -> Path:
+    """``path`` as an ``.onnx`` file that can be written (:func:`r21d.outputs.output_file`),
+    else a :class:`BadOptionError` naming ``flag``."""
+    path = output_file(path, flag)
+    if path.suffix != ".onnx":
+        raise BadOptionError(f"{flag} {path}: the output must be a .onnx file")
+    return path
 
 
 def export_onnx(
@@ -97,60 +132,94 @@ def export_onnx(
     ``features`` (and ``logits_map`` when asked). ``precision="fp16"`` computes in fp16 between
     fp32 casts at the boundaries (inputs stay uint8/fp32, outputs fp32). With ``validate``
     (the default) the file is checked against the fp32 torch model at ``parity_shapes``
-    (:func:`default_parity_shapes`) and deleted with :class:`ParityError` if the probabilities
-    differ by more than :data:`TOLERANCE`.
+    (:func:`default_parity_shapes`) and not written (:class:`ParityError`) if the
+    probabilities differ by more than :data:`TOLERANCE`.
     """
     if input_format not in INPUT_FORMATS:
         raise BadOptionError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
     if precision not in PRECISIONS:
         raise BadOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if opset < MIN_OPSET:
-        raise BadOptionError(f"opset {opset} is too old: the dynamo exporter needs {MIN_OPSET}+")
+    check_opset(opset)
+    out_path = check_output(out_path)
     model, spec = _load_source(source)
-    out_path = Path(out_path)
-    if out_path.suffix != ".onnx":
-        raise BadOptionError(f"output must be a .onnx file, got {out_path}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.onnx")
-
     reference = FullyConvolutional(model, spec, input_format, logits_map)
     exported = reference
     if precision == "fp16":
         exported = FullyConvolutional(copy.deepcopy(model).half(), spec, input_format, logits_map)
-    try:
-        _torch_export(exported, spec, input_format, logits_map, opset, tmp)
+    _check_file_size(exported, precision)
+
+    with atomic_file(out_path) as tmp:
+        metadata = {
+            SPEC_KEY: reference.spec.to_json(),
+            INPUT_KEY: input_format,
+            PRECISION_KEY: precision,
+        }
+        _write_graph(exported, spec, input_format, logits_map, opset, metadata, tmp)
+        del exported  # an fp16 copy's weights are in the file now: free them for validation
         if validate:
             parity = validate_onnx(tmp, reference, precision, parity_shapes)
         else:
             parity = {"validated": False, "reason": "validation skipped (validate=False)"}
-        proto = onnx.load(str(tmp))
-        _set_metadata(
-            proto,
-            {
-                SPEC_KEY: reference.spec.to_json(),
-                INPUT_KEY: input_format,
-                PRECISION_KEY: precision,
-                PARITY_KEY: json.dumps(parity),
-            },
-        )
-        onnx.save(proto, str(tmp))  # < 2 GB: weights stay inside the one file
-        _require_single_file(tmp)
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(str(tmp) + ".data").unlink(missing_ok=True)
+        _append_metadata(tmp, {PARITY_KEY: json.dumps(parity)})
     return ExportReport(out_path, reference.spec, input_format, precision, opset, parity)
 
 
 def _load_source(source) -> tuple[nn.Module, ModelSpec]:
-    if isinstance(source, tuple):
-        model, spec = source
-    else:
+    if not isinstance(source, tuple):
         from r21d.checkpoint import load_checkpoint
 
         model, spec = load_checkpoint(source)
+        return model.float().eval(), spec
+    model, spec = source
     # A private fp32 CPU copy: the export never moves or casts the caller's model.
     return copy.deepcopy(model).float().cpu().eval(), spec
+
+
+def _check_file_size(wrapper: FullyConvolutional, precision: str) -> None:
+    size = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
+    if size > MAX_FILE_BYTES:
+        hint = " (try --precision fp16)" if precision == "fp32" else ""
+        raise BadOptionError(
+            f"{wrapper.spec.name} has {size / 1e9:.2f} GB of {precision} weights: over the "
+            f"{MAX_FILE_BYTES / 1e9:.2f} GB that one ONNX file holds{hint}"
+        )
+
+
+def _write_graph(
+    wrapper: FullyConvolutional,
+    spec: ModelSpec,
+    input_format: str,
+    logits_map: bool,
+    opset: int,
+    metadata: dict[str, str],
+    path: Path,
+) -> None:
+    """Export ``wrapper`` and write it, weights inside and ``metadata`` set, to ``path``."""
+    program = _torch_export(wrapper, spec, input_format, logits_map, opset)
+    written = program.model.opset_imports.get("")
+    if written != opset:
+        import onnxscript
+
+        raise RuntimeUnavailableError(
+            f"onnxscript {onnxscript.__version__} could not convert the graph to opset {opset} "
+            f"(it stays at {written}): upgrade onnxscript or export opset {written}"
+        )
+    proto = program.model_proto  # the one copy of the weights as protobuf
+    del program
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    path.write_bytes(proto.SerializeToString())
+
+
+def _append_metadata(path: Path, values: dict[str, str]) -> None:
+    """Add ``metadata_props`` entries to a written ONNX file without rewriting it: protobuf
+    concatenates a repeated field across serialised messages, so a ``ModelProto`` holding only
+    these entries, appended to the file, parses as the model with them added."""
+    extra = onnx.ModelProto()
+    for key, value in values.items():
+        extra.metadata_props.add(key=key, value=value)
+    with path.open("ab") as f:
+        f.write(extra.SerializeToString())
 
 
 def _torch_export(
@@ -159,9 +228,8 @@ def _torch_export(
     input_format: str,
     logits_map: bool,
     opset: int,
-    path: Path,
-) -> None:
-    """Run the dynamo exporter with batch, time, height and width dynamic.
+) -> torch.onnx.ONNXProgram:
+    """Run the dynamo exporter with batch, time, height and width dynamic; nothing is written.
 
     torch.export's fake tensors choose memory formats by asking whether a size is 1, and
     record the answer as a guard; an example that pools to a single position would pin every
@@ -197,26 +265,30 @@ def _torch_export(
     outputs = ["probs", "features"] + (["logits_map"] if logits_map else [])
     # The exporter logs that torchvision's ops are unavailable and torch warns about its own
     # internal deprecations: noise for an r21d user, silenced for this call only.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # A failed opset conversion logs a traceback and keeps opset 18; _write_graph refuses it.
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.onnx._internal.exporter._registration", "onnxscript.version_converter")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(
+            return torch.onnx.export(
                 wrapper,
                 (example,),
-                str(path),
                 dynamo=True,
                 dynamic_shapes=dynamic,
                 input_names=[INPUT_NAMES[input_format]],
                 output_names=outputs,
                 opset_version=opset,
-                external_data=False,
                 verbose=False,
             )
     finally:
-        registration.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def validate_onnx(
@@ -237,13 +309,15 @@ def validate_onnx(
     input_name = session.get_inputs()[0].name
     rng = np.random.default_rng(0)
     rows = []
-    for n, t, h, w in tqdm(shapes, desc="onnxruntime parity", leave=False):
+    # A progress bar on a terminal only (disable=None): no noise in logs and pipes.
+    for n, t, h, w in tqdm(shapes, desc="onnxruntime parity", leave=False, disable=None):
         if reference.input_format == "uint8":
             x = rng.integers(0, 256, (n, t, h, w, 3), dtype=np.uint8)
         else:
             x = rng.standard_normal((n, 3, t, h, w), dtype=np.float32)
-        with torch.inference_mode():
-            want = [o.numpy() for o in reference(torch.from_numpy(x))]
+        with torch.inference_mode():  # clip by clip: a third of the activation memory
+            clips = [reference(c) for c in torch.from_numpy(x).split(1)]
+            want = [torch.cat(outputs).numpy() for outputs in zip(*clips, strict=True)]
         got = session.run(None, {input_name: x})
         rows.append(
             {
@@ -262,28 +336,13 @@ def validate_onnx(
         "tolerance": tolerance,
         "rows": rows,
     }
-    worst = max(r["probs_max_abs_diff"] for r in rows)
-    if not worst <= tolerance:  # also catches NaN
+    worst = max(rows, key=lambda r: np.nan_to_num(r["probs_max_abs_diff"], nan=np.inf))
+    if not worst["probs_max_abs_diff"] <= tolerance:  # also catches NaN
+        shape = "x".join(map(str, worst["shape"]))
         raise ParityError(
-            f"exported graph differs from torch by {worst:.3g} in probabilities "
-            f"(tolerance {tolerance:g} for {precision}); file not written\n" + format_parity(parity)
+            f"exported graph differs from torch by {worst['probs_max_abs_diff']:.3g} in "
+            f"probabilities at {shape} (tolerance {tolerance:g} for {precision}); "
+            "file not written",
+            parity,
         )
     return parity
-
-
-def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
-    kept = [p for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in values.items():
-        proto.metadata_props.add(key=key, value=value)
-
-
-def _require_single_file(path: Path) -> None:
-    """Refuse to finish with weights in a side ``.data`` file (the dynamo default)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    external = [
-        t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if external or os.path.exists(str(path) + ".data"):
-        raise RuntimeError(f"export left weights outside {path.name}: {external[:3]}")

@@ -15,15 +15,19 @@ these functions; it is not installable on every machine):
 ``<engine>.json`` records the spec, the input name, format and profile, the precision, the
 TensorRT version and the engine's SHA-256, so :func:`describe_engine` and the inference engine
 need no TensorRT to know what an engine is.
+
+The engine, its record and the timing cache are checked as outputs before the build starts and
+written atomically (:mod:`r21d.outputs`): a failed or interrupted build leaves no partial file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from r21d.artefacts import ONNX_PRECISIONS as PRECISIONS
-from r21d.artefacts import load_onnx_info, record_path
+from r21d.artefacts import SUFFIX_KINDS, load_onnx_info, record_path
 from r21d.checkpoint import file_sha256
 from r21d.errors import (
     BadModelFileError,
@@ -32,6 +36,7 @@ from r21d.errors import (
 )
 from r21d.models.heads import check_input_shape, min_spatial_size
 from r21d.optional import import_optional
+from r21d.outputs import atomic_file, output_file
 from r21d.spec import ModelSpec
 
 Shape = tuple[int, int, int, int]
@@ -61,6 +66,29 @@ def parse_shape(text: str) -> Shape:
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+ENGINE_SUFFIXES = tuple(s for s, kind in SUFFIX_KINDS.items() if kind == "tensorrt")
+
+
+def check_outputs(
+    engine_path: str | Path,
+    timing_cache: str | Path | None = None,
+    engine_flag: str = "engine_path",
+    cache_flag: str = "timing_cache",
+) -> Path:
+    """``engine_path`` (a ``.engine``/``.plan`` file), the record beside it and the timing
+    cache as files that can be written (:func:`r21d.outputs.output_file`), else a
+    :class:`BadOptionError` naming the flag."""
+    engine_path = output_file(engine_path, engine_flag)
+    if engine_path.suffix.lower() not in ENGINE_SUFFIXES:
+        raise BadOptionError(
+            f"{engine_flag} {engine_path}: the output must be a {'/'.join(ENGINE_SUFFIXES)} file"
+        )
+    output_file(record_path(engine_path), engine_flag)
+    if timing_cache is not None:
+        output_file(timing_cache, cache_flag)
+    return engine_path
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -78,6 +106,7 @@ def build_engine(
     ``precision`` defaults to the ONNX graph's. Shapes are ``(N, T, H, W)`` and default to
     :func:`default_profile`; each is checked against the spec before TensorRT starts.
     """
+    engine_path = check_outputs(engine_path, timing_cache)
     info = load_onnx_info(onnx_path)
     spec = info.spec
     precision = precision or info.precision
@@ -129,12 +158,7 @@ def build_engine(
         raise RuntimeUnavailableError(
             f"TensorRT failed to build an engine from {onnx_path} (see log)"
         )
-    engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
-    if cache_path:
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-
+    engine_bytes = bytes(serialized)
     record = {
         "spec": json.loads(spec.to_json()),
         "input_name": input_name,
@@ -148,9 +172,15 @@ def build_engine(
         "version_compatible": version_compatible,
         "onnx": Path(onnx_path).name,
         "onnx_sha256": file_sha256(onnx_path),
-        "engine_sha256": file_sha256(engine_path),
+        "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
     }
-    record_path(engine_path).write_text(json.dumps(record, indent=2))
+    # Both files are complete before either is renamed into place.
+    with atomic_file(engine_path) as engine_tmp, atomic_file(record_path(engine_path)) as rec_tmp:
+        engine_tmp.write_bytes(engine_bytes)
+        rec_tmp.write_text(json.dumps(record, indent=2))
+    if cache_path:
+        with atomic_file(cache_path) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return record
 
 

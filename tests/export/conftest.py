@@ -1,4 +1,4 @@
-"""Export fixtures: the tiny model (tests/conftest.py) exported once."""
+"""Export fixtures: the tiny model (tests/conftest.py) saved and exported once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import io
 import pytest
 
 from r21d.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """The tiny model as an r21d checkpoint."""
+    return save_checkpoint(*tiny_model, tmp_path_factory.mktemp("tiny_ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")
