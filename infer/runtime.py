@@ -89,23 +89,22 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise BadOptionError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise BadOptionError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise BadOptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise BadOptionError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device != "auto":
             parse_device(self.device)
         if self.channels_last and self.backend not in ("auto", "torch"):
-            raise BadOptionError("channels_last applies to the torch backend only")
+            raise BadOptionError("--channels-last applies to the torch backend only")
         if self.ort_provider is not None and self.ort_provider not in ORT_PROVIDERS:
             raise BadOptionError(
-                f"onnxruntime provider must be one of {ORT_PROVIDERS}, got {self.ort_provider!r}"
+                f"--ort-provider must be one of {ORT_PROVIDERS}, got {self.ort_provider!r}"
             )
-        for name in ("threads", "batch_size"):
-            value = getattr(self, name)
+        for flag, value in (("--threads", self.threads), ("--batch-size", self.batch_size)):
             if value is not None and value < 1:
-                raise BadOptionError(f"{name} must be >= 1, got {value}")
+                raise BadOptionError(f"{flag} must be >= 1, got {value}")
         if self.workers < 0:
-            raise BadOptionError(f"workers must be >= 0, got {self.workers}")
+            raise BadOptionError(f"--workers must be >= 0, got {self.workers}")
 
     def replace(self, **changes) -> RuntimeOptions:
         """A copy with some options changed (validated again)."""

@@ -83,7 +83,7 @@ def test_requests_openvino_cannot_serve_are_refused(models):
         open_backend(onnx_path, backend="openvino", device="cuda:0")
     with pytest.raises(BackendError, match="fp32 or bf16"):
         open_backend(onnx_path, backend="openvino", device="cpu", precision="fp16")
-    with pytest.raises(ValueError, match="channels_last applies to the torch backend"):
+    with pytest.raises(ValueError, match="--channels-last applies to the torch backend"):
         open_backend(onnx_path, backend="openvino", device="cpu", channels_last=True)
     with pytest.raises(BadModelFileError, match="not a readable ONNX model"):
         open_backend(checkpoint, backend="openvino", device="cpu")
