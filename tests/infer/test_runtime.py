@@ -71,7 +71,7 @@ def test_variant_strings_are_sugar_for_runtime_options():
         ({"backend": "caffe2"}, "^--backend must be one of"),
         ({"precision": "int8"}, "^--precision must be one of"),
         ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
-        ({"backend": "onnxruntime", "channels_last": True}, "^--channels-last applies to the torch"),
+        ({"backend": "onnxruntime", "channels_last": True}, "^--channels-last applies"),
         ({"threads": 0}, "^--threads must be >= 1"),
         ({"batch_size": 0}, "^--batch-size must be >= 1"),
         ({"workers": -1}, "^--workers must be >= 0"),
