@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from r21d.errors import BadOptionError, InputNotFoundError
+from r21d.outputs import output_file
 from r21d.train.config import TrainConfig, add_config_arguments, resolve_config
 from r21d.train.interrupt import STOP_SIGNALS
 from r21d.train.preflight import FINAL_MODEL, check_run
@@ -150,6 +151,7 @@ def _subset(args: argparse.Namespace) -> int:
     from r21d.train.data import load_video_set, write_manifest
     from r21d.train.sampling import random_subset, tail_preserving_subset
 
+    output_file(args.output, "-o")
     data = load_video_set(args.manifest)
     if args.random is not None:
         kept = random_subset(data.records, args.random, seed=args.seed)
@@ -168,6 +170,7 @@ def _manifest(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise InputNotFoundError(f"{folder} is not a folder")
+    output_file(args.output, "-o")
     data = load_video_set(folder)
     write_manifest(data.records, data.label_names, args.output)
     print(f"{len(data.records)} videos in {data.num_classes} classes -> {args.output}")

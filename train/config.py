@@ -271,8 +271,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     saved = Path(flags.get("output_dir") or ".") / "config.yaml"
-    if not config_file and flags.get("resume") and flags.get("output_dir") and saved.is_file():
-        config_file = saved
+    if not config_file and flags.get("resume") and flags.get("output_dir"):
+        if saved.is_file():
+            config_file = saved
+        elif not flags.get("train_manifest"):
+            raise InputNotFoundError(
+                f"--resume: {saved} not found: --output-dir {flags['output_dir']} holds no run "
+                "to continue"
+            )
     if config_file:
         values.update(read_config_file(config_file))
     values.update(flags)

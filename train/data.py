@@ -24,6 +24,7 @@ from pathlib import Path
 from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.infer.sources import VIDEO_SUFFIXES
 from r21d.labels import load_labels
+from r21d.outputs import atomic_file
 
 LABEL_SEPARATOR = "|"
 
@@ -85,29 +86,30 @@ def save_label_map(names: Sequence[str], path: str | Path) -> Path:
     """Write one class name per line (readable by :func:`r21d.labels.load_labels`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     return path
 
 
 def write_manifest(
     records: Sequence[VideoRecord], label_names: Sequence[str], path: str | Path
 ) -> Path:
-    """Write records as JSONL (``.jsonl``/``.json``) or CSV (``.csv``) with absolute paths."""
+    """Write records as JSONL (``.jsonl``/``.json``) or CSV (``.csv``) with absolute paths,
+    atomically (a failure leaves an existing file as it was)."""
     path = Path(path)
+    if path.suffix not in (".csv", ".jsonl", ".json"):
+        raise BadOptionError(f"{path}: manifest must end in .jsonl, .json or .csv")
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [(str(Path(r.path).resolve()), [label_names[i] for i in r.labels]) for r in records]
-    if path.suffix == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        if path.suffix == ".csv":
             writer = csv.writer(f)
             writer.writerow(["path", "labels"])
             writer.writerows([p, LABEL_SEPARATOR.join(ns)] for p, ns in rows)
-    elif path.suffix in (".jsonl", ".json"):
-        with open(path, "w", encoding="utf-8") as f:
+        else:
             for p, ns in rows:
                 entry = {"path": p, "label": ns[0]} if len(ns) == 1 else {"path": p, "labels": ns}
                 f.write(json.dumps(entry) + "\n")
-    else:
-        raise BadOptionError(f"{path}: manifest must end in .jsonl, .json or .csv")
     return path
 
 

@@ -202,3 +202,21 @@ def test_help_lists_every_data_subcommand(capsys):
         main(["data", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in ("hashtags", "subset", "manifest"))
+
+
+def test_resume_of_a_folder_without_a_run_names_it(tmp_path, capsys):
+    assert main(["train", "--output-dir", str(tmp_path / "typo"), "--resume"]) == 2
+    line = one_error(capsys)
+    assert f"--resume: {tmp_path / 'typo' / 'config.yaml'} not found" in line
+    assert f"--output-dir {tmp_path / 'typo'} holds no run" in line
+
+
+@pytest.mark.parametrize("command", ["subset", "manifest"])
+def test_data_output_that_is_a_folder_is_refused(motion_videos, tmp_path, capsys, command):
+    (tmp_path / "out.csv").mkdir()
+    # manifest: the motion set's root holds train/ and val/, read as two class folders
+    source = motion_videos["train"] if command == "subset" else motion_videos["train"].parents[1]
+    extra = ["--random", "2"] if command == "subset" else []
+    assert main(["data", command, str(source), "-o", str(tmp_path / "out.csv"), *extra]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"r21d data: error: -o {tmp_path / 'out.csv'} is a folder; give a file name"]
