@@ -10,7 +10,6 @@ file, URL or capture device as its frames arrive, one JSON line per window
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -129,7 +128,13 @@ def _backend(args: argparse.Namespace, batch: int | None = None):
     runtime = runtime_from_args(args)
     if batch is not None and runtime.batch_size not in (None, batch):
         raise BadOptionError(f"r21d stream scores one window at a time: --batch-size {batch}")
-    return runtime, runtime.open(args.model)
+    backend = runtime.open(args.model)
+    if args.top_k > backend.spec.num_classes:
+        raise BadOptionError(
+            f"--top-k {args.top_k}: {Path(args.model).name} has {backend.spec.num_classes} "
+            f"classes; give --top-k {backend.spec.num_classes} or less"
+        )
+    return runtime, backend
 
 
 def timeline_command(args: argparse.Namespace) -> int:
@@ -183,6 +188,7 @@ def _input_options(pairs: list[str]) -> dict[str, str]:
 
 def stream_command(args: argparse.Namespace) -> int:
     """``r21d stream``: exit 0 when the source ended or went silent."""
+    from r21d.infer.records import json_line
     from r21d.infer.stream import StreamOptions, run_stream
     from r21d.outputs import output_file
 
@@ -206,7 +212,7 @@ def stream_command(args: argparse.Namespace) -> int:
     terminal = sys.stderr.isatty()
 
     def emit(record: dict) -> None:
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json_line(record))
         out.flush()
 
     def show(line: str) -> None:

@@ -14,7 +14,6 @@ Output (:func:`write_timeline`): JSON Lines, one ``"type": "window"`` object per
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from r21d.infer.clips import clip_span, stride_frames, window_starts
 from r21d.infer.engine import ScoreOptions, score_videos
+from r21d.infer.records import json_line
 from r21d.infer.runtime import RuntimeOptions
 from r21d.infer.video_info import VideoError
 from r21d.infer.windows import (
@@ -35,6 +35,7 @@ from r21d.infer.windows import (
     find_segments,
     window_record,
 )
+from r21d.outputs import atomic_file
 from r21d.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -154,13 +155,11 @@ def write_timeline(
 def _write_jsonl(path: str | Path, records: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(json_line(record))  # valid UTF-8 whatever the video's name holds
         f.flush()
         os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def plot_classes(timeline: Timeline, count: int = PLOT_CLASSES) -> list[int]:

@@ -207,3 +207,17 @@ def test_cli_writes_segments_to_their_own_file_and_reports_a_missing_video(
     assert main(missing) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"r21d timeline: error: {tmp_path / 'nope.mp4'}: no such video file"]
+
+
+def test_top_k_above_the_class_count_is_refused_naming_the_flag(checkpoint, tmp_path, capsys):
+    path = write_video(tmp_path / "v.mp4", 24)
+    for command in ("timeline", "stream"):
+        out = tmp_path / f"{command}.jsonl"
+        argv = [command, str(path), "--model", str(checkpoint), "-o", str(out), "--top-k", "6"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"r21d {command}: error: --top-k 6: tiny.safetensors has 5 classes; "
+            "give --top-k 5 or less"
+        ]
+        assert not out.exists()
