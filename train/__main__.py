@@ -3,9 +3,9 @@
     torchrun --nproc-per-node 2 -m r21d.train --config run.yaml [--flags ...]
 
 Takes the same options as ``r21d train`` (without ``--nproc``). Only rank 0 logs at INFO.
-An error the user can fix is one line per rank and its exit code. Stopped by a signal, a rank
-of a multi-process run exits 0 once the checkpoint is saved (a non-zero code would make
-``torchrun`` report a failure of its own); ``r21d train`` then exits 130.
+An error the user can fix is one line and its exit code (started by ``r21d train --nproc``,
+the rank leaves it to the launcher to print); stopped by a signal, a rank exits 130 once its
+checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 
 from r21d.errors import EXIT_INTERRUPTED, R21dError
 from r21d.train.config import add_config_arguments, resolve_config
+from r21d.train.launch import write_rank_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
         final = train(resolve_config(args))
     except R21dError as e:
-        print(f"[rank {rank}] r21d train: error: {e}", file=sys.stderr)
+        if not write_rank_error(e, rank):
+            print(f"[rank {rank}] r21d train: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 0 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     if rank == 0:
         print(f"wrote {final}")
     return 0

@@ -1,7 +1,8 @@
 """``r21d train`` and ``r21d data``: train a model, and prepare what it trains on.
 
 - ``r21d train [--config FILE] [--flags ...] [--nproc N]``: one process, or ``N`` processes
-  through ``torchrun`` (the same as ``torchrun --nproc-per-node N -m r21d.train ...``).
+  on this machine (:mod:`r21d.train.launch`; like ``torchrun --nproc-per-node N -m
+  r21d.train ...``, which multi-machine runs use).
 - ``r21d data hashtags LABEL ...``: the paper's relevant hashtags of action labels.
 - ``r21d data subset MANIFEST -o OUT``: tail-preserving (``--cap``/``--budget``) or random
   (``--random N``) subsets, written as a manifest.
@@ -11,24 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from r21d.errors import BadOptionError, InputNotFoundError
 from r21d.outputs import output_file
-from r21d.train.config import TrainConfig, add_config_arguments, resolve_config
-from r21d.train.interrupt import STOP_SIGNALS
-from r21d.train.preflight import FINAL_MODEL, check_run
-from r21d.train.run_state import list_checkpoints
-
-PR_SET_PDEATHSIG = 1  # prctl(2)
+from r21d.train.config import add_config_arguments, resolve_config
+from r21d.train.preflight import check_run
 
 
 def register(subparsers) -> None:
@@ -76,66 +66,10 @@ def _train(args: argparse.Namespace) -> int:
         final = train(config)
         print(f"wrote {final}")
         return 0
+    from r21d.train.launch import run_ranks
+
     check_run(config)  # here, before any rank starts: one line, not one traceback per rank
-    with tempfile.TemporaryDirectory(prefix="r21d-train-") as folder:
-        launch = config.save(Path(folder) / "launch_config.yaml")
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={args.nproc}", "-m", "r21d.train", "--config", str(launch),
-            f"--stop-at-step={config.stop_at_step}", "--resume" if config.resume else "--no-resume",
-        ]  # fmt: skip
-        code, interrupted = _run_ranks(command)
-    if code == 0 and (interrupted or not _finished(config)):
-        raise KeyboardInterrupt  # the ranks stopped early on a signal, with a checkpoint
-    return code
-
-
-def _run_ranks(command: list[str]) -> tuple[int, bool]:
-    """Run ``torchrun`` in a session of its own and wait for it: a SIGINT (Ctrl-C) or SIGTERM
-    here goes to each rank once (not to torchrun, which would kill them after 30 s with a
-    traceback of its own), so they stop together with a checkpoint. Returns torchrun's exit
-    code and whether a signal came."""
-    process = subprocess.Popen(command, start_new_session=True, preexec_fn=_stop_with_parent)
-    signals: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        signals.append(signum)
-        for pid in _children(process.pid) or [process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
-    try:
-        return process.wait(), bool(signals)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (torchrun's: the ranks); empty without Linux's /proc."""
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").glob("*/children")
-        for child in task.read_text().split()
-    ]
-
-
-def _stop_with_parent() -> None:
-    """``preexec_fn`` of torchrun: on Linux it gets SIGTERM (and stops the ranks) should this
-    process die without forwarding a signal, e.g. killed with SIGKILL."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _finished(config: TrainConfig) -> bool:
-    """Whether the run reached the end of this session (its last step, or --stop-at-step)."""
-    run_dir = Path(config.output_dir)
-    if config.finetune == "linear_probe":
-        return (run_dir / FINAL_MODEL).is_file()
-    end = min(config.max_steps, config.stop_at_step or config.max_steps)
-    steps = list_checkpoints(run_dir)
-    return bool(steps) and steps[-1] >= end
+    return run_ranks(config, args.nproc)
 
 
 def _hashtags(args: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ def test_ctrl_c_saves_the_step_and_resume_continues_exactly(motion_videos, tmp_p
     assert loss_steps(run) == loss_steps(straight)
 
 
-def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(motion_videos, tmp_path):
+def test_sigterm_under_nproc_2_stops_every_rank_after_the_same_step(motion_videos, tmp_path):
     run = tmp_path / "ddp"
     argv = ["--train-manifest", str(motion_videos["train"]), "--output-dir", str(run), *TINY]
     argv += ["--workers", "0", "--nproc", "2"]

@@ -220,3 +220,21 @@ def test_data_output_that_is_a_folder_is_refused(motion_videos, tmp_path, capsys
     assert main(["data", command, str(source), "-o", str(tmp_path / "out.csv"), *extra]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"r21d data: error: -o {tmp_path / 'out.csv'} is a folder; give a file name"]
+
+
+def test_an_error_a_rank_finds_under_nproc_2_is_one_line(motion_videos, tmp_path):
+    # only the ranks see it: the memory a training step needs is measured on the model
+    run = tmp_path / "run"
+    argv = ["--train-manifest", str(motion_videos["train"]), "--output-dir", str(run), *TINY]
+    result = subprocess.run(
+        [sys.executable, "-m", "r21d", "train", *argv, "--batch-size", "10000000", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert errors[0].startswith("r21d train: error: a training step of 10000000 clips needs")
+    assert "use --batch-size" in errors[0]
