@@ -109,7 +109,7 @@ def check_output(path: str | Path, flag: str = "out_path") -> Path:
     """``path`` as an ``.onnx`` file that can be written (:func:`r21d.outputs.output_file`),
     else a :class:`BadOptionError` naming ``flag``."""
     path = output_file(path, flag)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         raise BadOptionError(f"{flag} {path}: the output must be a .onnx file")
     return path
 
