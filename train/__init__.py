@@ -19,6 +19,9 @@ Entry points: ``r21d train`` / ``torchrun -m r21d.train`` (:mod:`r21d.train.cli`
 ``run_state``      checkpoint pairs: r21d weights + training state, resume
 ``evaluate``       10-clip video-level validation
 ``config``         options from YAML/TOML files and flags
+``preflight``      the checks a run passes before it starts a process or writes a file
+``interrupt``      Ctrl-C/SIGTERM: stop after the step with a checkpoint, all ranks together
+``launch``         ``--nproc N``: the ranks on this machine, started and watched
 ``trainer``        the loop
 =================  =====================================================================
 """
