@@ -41,6 +41,8 @@ from r21d.spec import ModelSpec
 
 Shape = tuple[int, int, int, int]
 """(N, T, H, W): batch, frames, height, width, whatever the input layout."""
+ENGINE_SUFFIXES = tuple(s for s, kind in SUFFIX_KINDS.items() if kind == "tensorrt")
+"""What an engine file may be called: the suffixes r21d reads as TensorRT engines."""
 
 
 def default_profile(spec: ModelSpec) -> tuple[Shape, Shape, Shape]:
@@ -64,9 +66,6 @@ def parse_shape(text: str) -> Shape:
     if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise BadOptionError(f"shape must be NxTxHxW with positive integers, got {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
-
-
-ENGINE_SUFFIXES = tuple(s for s, kind in SUFFIX_KINDS.items() if kind == "tensorrt")
 
 
 def check_outputs(
