@@ -4,8 +4,10 @@ The first SIGINT or SIGTERM only sets a flag. The training loop reads it between
 ranks together (:func:`r21d.train.distributed.any_rank`), so every rank stops after the same
 step; rank 0 saves the checkpoint a periodic one would be (:mod:`r21d.train.run_state`) and
 ``--resume`` continues from it exactly. A second signal quits at once, without a checkpoint.
-DataLoader workers ignore both: a terminal's Ctrl-C reaches them too, and the training
-process decides.
+DataLoader workers ignore SIGINT: a terminal's Ctrl-C reaches them too, and the training
+process decides. They keep SIGTERM's default, the signal their shutdown uses (a worker that
+ignored it would make the interpreter's exit wait for it forever), so a SIGTERM sent to the
+whole process group (not only to the training process) ends them and the run fails.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: leave SIGINT and SIGTERM to the training process."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+def ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: leave SIGINT to the training process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -44,7 +44,7 @@ from r21d.train.config import TrainConfig
 from r21d.train.data import VideoSet, save_label_map
 from r21d.train.dataset import TrainClips
 from r21d.train.evaluate import evaluate_videos
-from r21d.train.interrupt import StopRequest, ignore_stop_signals, stop_on_signals
+from r21d.train.interrupt import StopRequest, ignore_ctrl_c, stop_on_signals
 from r21d.train.linear_probe import linear_probe
 from r21d.train.memory import check_fits
 from r21d.train.metrics import MetricsLog
@@ -310,7 +310,7 @@ def _loader(
         num_workers=cfg.workers,
         pin_memory=ctx.device.type == "cuda",
         prefetch_factor=4 if cfg.workers else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=ignore_ctrl_c,
     )
 
 
