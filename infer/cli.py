@@ -109,7 +109,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="default: from the suffix")
     p.add_argument(
-        "--top-k", type=int, default=5, help="labels per video (default 5, at most the classes)"
+        "--top-k",
+        type=int,
+        help="labels per video (default 5, or the class count if smaller; at most the classes)",
     )
     p.add_argument(
         "--print",
@@ -287,12 +289,13 @@ def score_command(args: argparse.Namespace) -> int:
         open_record_file,
         output_format,
         score_record,
+        top_k_for,
     )
     from r21d.infer.run_identity import run_file, run_identity
     from r21d.infer.runtime import runtime_from_args
     from r21d.outputs import output_file, output_folder
 
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:  # before the model opens
         raise BadOptionError(f"--top-k must be >= 1, got {args.top_k}")
     options = _protocol(args)
     runtime = runtime_from_args(args)
@@ -307,11 +310,7 @@ def score_command(args: argparse.Namespace) -> int:
         )
     backend = _open_model(args, runtime)
     spec, model = backend.spec, Path(args.model).name
-    if args.top_k > spec.num_classes:
-        raise BadOptionError(
-            f"--top-k {args.top_k}: {model} has {spec.num_classes} classes; give --top-k "
-            f"{spec.num_classes} or less"
-        )
+    args.top_k = top_k_for(args.top_k, spec, model)
     identity = run_identity("score", args.model, backend, options, top_k=args.top_k)
     columns = csv_columns(args.top_k) if fmt == "csv" else None
     show = args.print_results or len(found.paths) <= PRINT_LIMIT

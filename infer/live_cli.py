@@ -10,6 +10,7 @@ file, URL or capture device as its frames arrive, one JSON line per window
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def _add_window_arguments(p: argparse.ArgumentParser) -> None:
         help=f"smoothed probability a window's top class needs to count (default "
         f"{DEFAULT_THRESHOLD})",
     )
-    windows.add_argument("--top-k", type=int, default=5, help="labels per window (default 5)")
+    windows.add_argument(
+        "--top-k", type=int, help="labels per window (default 5, or the class count if smaller)"
+    )
     add_runtime_arguments(p)
 
 
@@ -123,17 +126,14 @@ def register(subparsers) -> None:
 
 
 def _backend(args: argparse.Namespace, batch: int | None = None):
+    from r21d.infer.records import top_k_for
     from r21d.infer.runtime import runtime_from_args
 
     runtime = runtime_from_args(args)
     if batch is not None and runtime.batch_size not in (None, batch):
         raise BadOptionError(f"r21d stream scores one window at a time: --batch-size {batch}")
     backend = runtime.open(args.model)
-    if args.top_k > backend.spec.num_classes:
-        raise BadOptionError(
-            f"--top-k {args.top_k}: {Path(args.model).name} has {backend.spec.num_classes} "
-            f"classes; give --top-k {backend.spec.num_classes} or less"
-        )
+    args.top_k = top_k_for(args.top_k, backend.spec, Path(args.model).name)
     return runtime, backend
 
 
@@ -188,7 +188,7 @@ def _input_options(pairs: list[str]) -> dict[str, str]:
 
 def stream_command(args: argparse.Namespace) -> int:
     """``r21d stream``: exit 0 when the source ended or went silent."""
-    from r21d.infer.records import json_line
+    from r21d.infer.records import DEFAULT_TOP_K, json_line
     from r21d.infer.stream import StreamOptions, run_stream
     from r21d.outputs import output_file
 
@@ -198,7 +198,7 @@ def stream_command(args: argparse.Namespace) -> int:
         stride_s=args.stride_s,
         smooth=args.smooth,
         threshold=args.threshold,
-        top_k=args.top_k,
+        top_k=DEFAULT_TOP_K if args.top_k is None else args.top_k,  # checked before the model
         idle_timeout=args.idle_timeout,
         reconnect=args.reconnect,
         input_format=args.input_format,
@@ -207,6 +207,7 @@ def stream_command(args: argparse.Namespace) -> int:
         max_windows=args.max_windows,
     )
     _, backend = _backend(args, batch=1)
+    options = dataclasses.replace(options, top_k=args.top_k)  # the model's classes bound it
     print(backend.describe(), file=sys.stderr)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     terminal = sys.stderr.isatty()

@@ -48,6 +48,8 @@ from r21d.outputs import atomic_file
 from r21d.spec import ModelSpec
 
 FORMATS = ("jsonl", "csv", "parquet")
+DEFAULT_TOP_K = 5
+"""Labels per record unless ``--top-k`` says otherwise (fewer for a model with fewer classes)."""
 SCORE_FIELDS = (
     "clips",
     "frames_decoded",
@@ -76,6 +78,22 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
             raise BadOptionError(f"format must be one of {FORMATS}, got {fmt!r}")
         return fmt
     return {".csv": "csv", ".parquet": "parquet"}.get(Path(path).suffix.lower(), "jsonl")
+
+
+def top_k_for(requested: int | None, spec: ModelSpec, model: str) -> int:
+    """Labels per record: ``--top-k`` if given (1 to the class count, else a
+    :class:`BadOptionError` naming the flag), else :data:`DEFAULT_TOP_K` or the class count,
+    whichever is smaller."""
+    classes = spec.num_classes
+    if requested is None:
+        return min(DEFAULT_TOP_K, classes)
+    if requested < 1:
+        raise BadOptionError(f"--top-k must be >= 1, got {requested}")
+    if requested > classes:
+        raise BadOptionError(
+            f"--top-k {requested}: {model} has {classes} classes; give --top-k {classes} or less"
+        )
+    return requested
 
 
 def score_record(result, spec: ModelSpec, top_k: int, model: str) -> dict:

@@ -221,3 +221,21 @@ def test_top_k_above_the_class_count_is_refused_naming_the_flag(checkpoint, tmp_
             "give --top-k 5 or less"
         ]
         assert not out.exists()
+
+
+def test_the_default_top_k_shrinks_to_a_model_with_fewer_classes(spread, tmp_path):
+    from r21d.models import create_spec
+
+    spec = create_spec("r2plus1d_18", 2, 8, width=0.125, labels=("left", "right"))
+    model = save_checkpoint(spread(build_model(spec)), spec, tmp_path / "two.safetensors")
+    path = write_video(tmp_path / "v.mp4", 24)
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(path), "--model", str(model), "-o", str(out), "--clips", "1"]) == 0
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [t["label"] for t in record["top_k"]] in (["left", "right"], ["right", "left"])
+    for command in ("timeline", "stream"):
+        out = tmp_path / f"{command}.jsonl"
+        argv = [command, str(path), "--model", str(model), "-o", str(out)]
+        assert main(argv + (["--no-plot"] if command == "timeline" else [])) == 0
+        window = json.loads(out.read_text().splitlines()[0])
+        assert len(window["top_k"]) == 2, command
