@@ -108,10 +108,7 @@ def check_opset(opset: int, name: str = "opset") -> int:
 def check_output(path: str | Path, flag: str = "out_path") -> Path:
     """``path`` as an ``.onnx`` file that can be written (:func:`r21d.outputs.output_file`),
     else a :class:`BadOptionError` naming ``flag``."""
-    path = output_file(path, flag)
-    if path.suffix.lower() != ".onnx":
-        raise BadOptionError(f"{flag} {path}: the output must be a .onnx file")
-    return path
+    return output_file(path, flag, suffixes=(".onnx",))
 
 
 def export_onnx(

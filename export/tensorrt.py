@@ -77,11 +77,7 @@ def check_outputs(
     """``engine_path`` (a ``.engine``/``.plan`` file), the record beside it and the timing
     cache as files that can be written (:func:`r21d.outputs.output_file`), else a
     :class:`BadOptionError` naming the flag."""
-    engine_path = output_file(engine_path, engine_flag)
-    if engine_path.suffix.lower() not in ENGINE_SUFFIXES:
-        raise BadOptionError(
-            f"{engine_flag} {engine_path}: the output must be a {'/'.join(ENGINE_SUFFIXES)} file"
-        )
+    engine_path = output_file(engine_path, engine_flag, suffixes=ENGINE_SUFFIXES)
     output_file(record_path(engine_path), engine_flag)
     if timing_cache is not None:
         output_file(timing_cache, cache_flag)

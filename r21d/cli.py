@@ -15,7 +15,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, BadOptionError, R21dError
+from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, R21dError
 
 COMMAND_GROUP = "r21d.commands"
 """Entry-point group of the subcommand registrars (``name = "module:register"``)."""
@@ -29,9 +29,7 @@ def _convert(args: argparse.Namespace) -> int:
     from r21d.importers import convert
     from r21d.outputs import output_file
 
-    output = output_file(args.output, "-o")  # before minutes of importing
-    if output.suffix != ".safetensors":
-        raise BadOptionError(f"-o {output}: an r21d checkpoint is a .safetensors file")
+    output = output_file(args.output, "-o", suffixes=(".safetensors",))  # before importing
     model, spec = convert(
         args.src, args.source_format, args.arch, args.clip_len, args.labels, args.label_map
     )

@@ -43,11 +43,14 @@ def _writable_folder(folder: Path, flag: str, path: Path) -> None:
         raise BadOptionError(f"{flag} {path}: no permission to write in {folder}")
 
 
-def output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
+def output_file(
+    path: str | os.PathLike, flag: str = "-o", suffixes: tuple[str, ...] = ()
+) -> Path:
     """``path`` as a file this process can create or replace; its folder is created.
 
     Refused with a :class:`BadOptionError` naming ``flag``: an existing folder, a device, pipe
-    or socket, a read-only file, a folder that cannot be created or written in.
+    or socket, a read-only file, a name without one of ``suffixes`` (any case; when given),
+    a folder that cannot be created or written in.
     """
     path = Path(path)
     if path.is_dir():
@@ -58,6 +61,8 @@ def output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
             raise BadOptionError(f"{flag} {path} is {kind}, not a regular file")
         if not os.access(path, os.W_OK):
             raise BadOptionError(f"{flag} {path}: no permission to write it")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise BadOptionError(f"{flag} {path}: the output must be a {'/'.join(suffixes)} file")
     _writable_folder(path.parent, flag, path)
     return path
 

@@ -46,3 +46,10 @@ def test_atomic_file_replaces_on_success_and_leaves_the_old_file_on_failure(tmp_
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_a_name_without_the_wanted_suffix_is_refused_before_anything_is_created(tmp_path):
+    with pytest.raises(BadOptionError, match=r"^-o .*m\.trt: the output must be a \.engine/\.plan"):
+        output_file(tmp_path / "new" / "m.trt", suffixes=(".engine", ".plan"))
+    assert not (tmp_path / "new").exists()
+    assert output_file(tmp_path / "M.ONNX", suffixes=(".onnx",)).name == "M.ONNX"
