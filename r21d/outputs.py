@@ -43,9 +43,7 @@ def _writable_folder(folder: Path, flag: str, path: Path) -> None:
         raise BadOptionError(f"{flag} {path}: no permission to write in {folder}")
 
 
-def output_file(
-    path: str | os.PathLike, flag: str = "-o", suffixes: tuple[str, ...] = ()
-) -> Path:
+def output_file(path: str | os.PathLike, flag: str = "-o", suffixes: tuple[str, ...] = ()) -> Path:
     """``path`` as a file this process can create or replace; its folder is created.
 
     Refused with a :class:`BadOptionError` naming ``flag``: an existing folder, a device, pipe
