@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from r21d.checkpoint import save_checkpoint
 from r21d.models import build_model, create_spec
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -24,6 +25,13 @@ def shared_videos() -> Path:
 def tiny_spec():
     """R(2+1)D-18 at 1/8 width, 5 classes, 8-frame clips: builds and runs in milliseconds."""
     return create_spec("r2plus1d_18", 5, 8, width=0.125, labels=("a", "b", "c", "d", "e"))
+
+
+@pytest.fixture
+def checkpoint(tiny_spec, tmp_path) -> Path:
+    """The tiny_spec model (weights drawn with seed 0) saved as ``tmp_path/tiny.safetensors``."""
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

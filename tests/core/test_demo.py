@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 from synthetic import write_video
 
-from r21d.checkpoint import save_checkpoint
 from r21d.cli import main
 from r21d.demo import SAMPLE_CLIPS
-from r21d.models import build_model
-
-
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path):
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
 
 
 def _records(path) -> list[dict]:

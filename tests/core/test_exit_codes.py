@@ -19,11 +19,6 @@ from r21d.cli import main
 from r21d.models import build_model, create_spec
 
 
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path):
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
-
-
 def _run(argv, capsys) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err

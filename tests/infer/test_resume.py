@@ -19,12 +19,6 @@ from r21d.infer.runtime import RuntimeOptions
 from r21d.models import build_model
 
 
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path):
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
-
-
 def _video(path: Path, frames: int = 16, seed: int = 0) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, frames, size=(160, 120), pattern="moving_square", seed=seed)

@@ -15,17 +15,11 @@ import numpy as np
 import pytest
 from synthetic import write_video
 
-from r21d.checkpoint import save_checkpoint
 from r21d.cli import main
 from r21d.infer.cli import shown
 from r21d.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path):
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
 
 
 def _video(path: Path, frames: int = 32, seed: int = 0) -> str:

@@ -20,12 +20,10 @@ import av
 import pytest
 from synthetic import index_frame, read_index, write_video
 
-from r21d.checkpoint import save_checkpoint
 from r21d.cli import main
 from r21d.infer.clips import window_starts
 from r21d.infer.runtime import RuntimeOptions
 from r21d.infer.stream import StreamOptions, WindowAssembler, run_stream
-from r21d.models import build_model
 
 FPS = 25
 SIZE = (160, 120)
@@ -112,11 +110,6 @@ def _wait_until_listening(port: int, kind=socket.SOCK_DGRAM, timeout: float = 30
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on udp port {port}")
-
-
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path) -> Path:
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -57,11 +57,6 @@ def two_part_video(shared_videos, tmp_path_factory) -> Path:
     return write_video(path, np.stack(frames), fps=FPS, gop=30)
 
 
-@pytest.fixture
-def checkpoint(tiny_spec, tmp_path):
-    return save_checkpoint(build_model(tiny_spec), tiny_spec, tmp_path / "tiny.safetensors")
-
-
 @pytest.mark.slow
 def test_real_i3d_timeline_names_each_part_and_finds_one_segment_per_part(
     i3d_checkpoint, two_part_video, tmp_path, capsys
