@@ -15,13 +15,10 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, R21dError
+from r21d.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE_CLOSED, R21dError
 
 COMMAND_GROUP = "r21d.commands"
 """Entry-point group of the subcommand registrars (``name = "module:register"``)."""
-EXIT_PIPE_CLOSED = 128 + 13
-"""Exit code when the reader of stdout went away (``r21d info X | head -1``): 128 + SIGPIPE,
-what a shell reports for a command killed by SIGPIPE."""
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -148,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: an :class:`~r21d.errors.R21dError` prints one line and exits with its
     code (see :mod:`r21d.errors`); anything else is a bug and keeps its traceback.
 
-    A closed output pipe (``r21d info X | head -1``) is one line and :data:`EXIT_PIPE_CLOSED`;
-    stdout then points at ``os.devnull`` so the interpreter's final flush cannot fail again.
+    A closed output pipe (``r21d info X | head -1``) is one line and
+    :data:`~r21d.errors.EXIT_PIPE_CLOSED`; stdout then points at ``os.devnull`` so the
+    interpreter's final flush cannot fail again.
     """
     args = build_parser().parse_args(argv)
     try:

@@ -27,6 +27,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 128 + 13
+"""The reader of stdout went away (``r21d info X | head -1``): 128 + SIGPIPE, what a shell
+reports for a command killed by SIGPIPE."""
 
 
 class R21dError(Exception):
