@@ -303,8 +303,8 @@ def validate_onnx(
 
     shapes = shapes or default_parity_shapes(reference.spec)
     options = ort.SessionOptions()
-    # Without the arena, memory a shape no longer needs goes back: a 0.24 GB lower peak for an
-    # fp16 R(2+1)D-34 at no measurable cost in time (2-core CPU).
+    # Without the arena, memory a shape no longer needs goes back: a lower peak over the parity
+    # shapes (benchmarks/export_cost.py measures the export's peak per phase).
     options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
