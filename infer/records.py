@@ -542,8 +542,6 @@ def save_features(directory: str | Path, video_path: str, clip_features: np.ndar
     """
     name = feature_file_name(video_path)
     clip_features = np.asarray(clip_features, dtype=np.float32)
-    tmp = Path(directory) / (name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(Path(directory) / name) as tmp, open(tmp, "wb") as f:
         np.savez(f, clip_features=clip_features, video_feature=clip_features.mean(axis=0))
-    tmp.replace(Path(directory) / name)
     return name

@@ -15,7 +15,6 @@ state file exists is complete even if the run was killed while saving.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from r21d.checkpoint import save_checkpoint
+from r21d.outputs import atomic_file
 from r21d.spec import ModelSpec
 
 STATE_SUFFIX = ".state.pt"
@@ -47,9 +47,8 @@ def save_run_checkpoint(
     """Write the checkpoint pair for ``step`` and drop all but the newest ``keep`` pairs."""
     weights, state_path = checkpoint_paths(run_dir, step)
     save_checkpoint(model, spec, weights)
-    tmp = state_path.with_name(state_path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, state_path)
+    with atomic_file(state_path) as tmp:
+        torch.save(state, tmp)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         for path in checkpoint_paths(run_dir, old):
             path.unlink(missing_ok=True)
